@@ -85,7 +85,8 @@ def add_common_args(parser, *, epochs, batch_size, lr, image_size, sample_every=
     g.add_argument("--epochs", type=positive_int, default=epochs, help="number of passes over the training set")
     g.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help="images per step per process (global batch = batch size x processes)")
-    g.add_argument("--lr", type=positive_float, default=lr, help="Adam learning rate of both networks")
+    if lr is not None:  # scripts with --lr-g/--lr-d or several learning rates define their own
+        g.add_argument("--lr", type=positive_float, default=lr, help="Adam learning rate of both networks")
     g.add_argument("--beta1", type=non_negative_float, default=0.5, help="Adam beta1 (DCGAN: 0.5)")
     g.add_argument("--beta2", type=non_negative_float, default=0.999, help="Adam beta2")
     g.add_argument("--nz", type=positive_int, default=100, help="size of the generator's noise vector")
@@ -570,9 +571,26 @@ def check_finite(losses, step, skip):
                     f"last.pt holds the last good checkpoint (try a lower --lr, or --skip-nonfinite)")
 
 
-def all_finite(tensors):
-    """One device-side flag for 'every loss of this step is finite' (no host sync until someone reads it)."""
-    return torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all()
+def optimizer_step(optimizer, loss, skip_nonfinite):
+    """optimizer.step(), except that with --skip-nonfinite a step whose loss is NaN/inf is dropped.
+    Only that option pays for the host sync of checking the loss here."""
+    if skip_nonfinite and not torch.isfinite(loss.detach()).all():
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    return True
+
+
+def stop_requested(stop, dist):
+    """True when a signal asked to stop; under DDP every rank agrees (one tiny all-reduce), so none hangs."""
+    flag = bool(stop)
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        t = torch.tensor([float(flag)], device=dist.device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        flag = t.item() > 0
+    return flag
 
 
 # ---------------------------------------------------------------------------

@@ -218,6 +218,20 @@ def all_reduce_mean(tensor, dist):
     return tensor
 
 
+def replica_divergence(model, dist):
+    """Largest difference of any parameter between DDP processes (0.0 when they are in sync, as they must be).
+    One all-reduce; saved in the final checkpoint so a user (and the tests) can check a multi-process run."""
+    if not dist.enabled:
+        return 0.0
+    import torch.distributed as tdist
+
+    flat = torch.cat([p.detach().float().flatten() for p in unwrap(model).parameters()])
+    high, low = flat.clone(), flat.clone()
+    tdist.all_reduce(high, op=tdist.ReduceOp.MAX)
+    tdist.all_reduce(low, op=tdist.ReduceOp.MIN)
+    return (high - low).max().item()
+
+
 def prepare_model(model, device):
     """Move to the device; channels_last on CUDA, where cuDNN's NHWC conv kernels are faster."""
     model = model.to(device)

@@ -209,10 +209,11 @@ def build(args, device):
 
 @torch.no_grad()
 def sample(generator, noise, labels=None):
-    """Images in [-1, 1] from noise (N, nz, 1, 1). Train-mode BN (batch statistics), as during training:
-    with eval-mode running statistics this small generator's samples came out washed out and blurry early in
-    training (checked on the default run), so sampling keeps the mode the generator was trained in."""
-    return generator(noise)
+    """Images in [-1, 1] from noise (N, nz, 1, 1), with batch-statistics BN as in training.
+    The running statistics are used by eval mode only; we sample on copies of them so that drawing samples
+    never changes the model (exact resume depends on that)."""
+    buffers = {name: b.clone() for name, b in generator.named_buffers()}
+    return torch.func.functional_call(generator, buffers, (noise,))
 
 
 # ---------------------------------------------------------------------------
@@ -298,7 +299,8 @@ def train_one(args, name, images, out, dist):
             "generator": common.unwrap(models["generator"]).state_dict(),
             "discriminator": common.unwrap(models["discriminator"]).state_dict(),
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "rng": common.rng_state(), "history": history, "fixed_noise": fixed_noise.cpu(), "meter": meter.state_dict()})
+            "rng": common.rng_state(), "history": history, "fixed_noise": fixed_noise.cpu(), "meter": meter.state_dict(),
+            "world_size": dist.world_size, "replica_divergence": divergence})
 
     def log(images_per_s):
         means = meter.means()
@@ -321,7 +323,7 @@ def train_one(args, name, images, out, dist):
         common.plot_losses(history, os.path.join(out, "losses.png"), title=f"DCGAN losses: {name}, lr {args.lr:g}")
 
     bar = common.progress_bar(total_steps, initial=step, desc=f"{name} lr={args.lr:g}", disable=not master or args.no_progress)
-    interval_start, interval_steps, stopped = time.perf_counter(), 0, False
+    interval_start, interval_steps, stopped, divergence = time.perf_counter(), 0, False, 0.0
     with common.GracefulExit() as stop:
         while epoch < args.epochs and not stopped:
             for images_batch, _ in loader.epoch(epoch, batch_in_epoch):
@@ -340,6 +342,8 @@ def train_one(args, name, images, out, dist):
                 log(interval_steps * args.batch_size * dist.world_size / max(time.perf_counter() - interval_start, 1e-9))
                 interval_start, interval_steps = time.perf_counter(), 0
             finished = epoch >= args.epochs or (args.max_steps is not None and step >= args.max_steps)
+            if finished:  # every rank takes part in this check
+                divergence = common.replica_divergence(models["generator"], dist)
             if master and (finished or stopped or epoch == 1 or epoch % args.sample_every == 0):
                 write_samples(epoch if not stopped or finished else epoch + 1)
             if master:
@@ -361,7 +365,9 @@ def train(args):
     common.seed_everything(args.seed, args.deterministic)
     out = args.out or common.default_run_dir(SCRIPT)
     args.out = out
-    images_by_name = load_data(args)  # all data errors surface before anything is written
+    images_by_name = load_data(args)  # data and checkpoint errors surface before anything is written
+    if args.resume not in (None, "auto"):
+        common.load_checkpoint(args.resume, SCRIPT)
     if dist.is_master:
         common.prepare_run_dir(out, resume=True)
         common.write_config(out, args, SCRIPT, dist.device,

@@ -1,0 +1,119 @@
+"""dcgan_letters.py end to end on tiny data, plus checkpoint, resume, generate and bad-input checks."""
+
+import csv
+import os
+import urllib.error
+
+import pytest
+import torch
+
+import common
+import dcgan_letters
+from conftest import assert_clean_error, run_script
+
+TINY = ["--n-per-char", "96", "--batch-size", "32", "--log-every", "1", "--no-progress"]
+
+
+def read_log(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_end_to_end_run_writes_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+    run_script("dcgan_letters.py", "--chars", "A", "--epochs", "2", "--sample-every", "1", "--save-every", "1",
+               "--out", out, *TINY)
+    for name in ("config.json", "A/last.pt", "A/epoch_001.pt", "A/log.csv", "A/losses.png", "A/progress.gif",
+                 "A/samples/epoch_001.png", "A/samples/epoch_002.png"):
+        assert (out / name).exists(), name
+    rows = read_log(out / "A" / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    checkpoint = torch.load(out / "A" / "last.pt", weights_only=True)
+    assert checkpoint["script"] == "dcgan_letters" and checkpoint["char"] == "A" and checkpoint["finished"]
+    generator = dcgan_letters.build_generator(checkpoint["args"])
+    generator.load_state_dict(checkpoint["generator"])
+    images = dcgan_letters.sample(generator, torch.randn(4, checkpoint["args"]["nz"], 1, 1))
+    assert images.shape == (4, 1, 32, 32) and images.min() >= -1 and images.max() <= 1
+    # --generate: samples from the checkpoint, no training data needed.
+    grid = tmp_path / "grid.png"
+    dcgan_letters.main(["--generate", "16", "--checkpoint", str(out / "A" / "last.pt"), "--grid-out", str(grid)])
+    assert grid.exists()
+
+
+def test_exact_resume_mid_epoch(tmp_path):
+    """K + M steps in one go == K steps, stop, --resume auto for M more (deterministic CPU)."""
+    common_args = ["--chars", "B", "--deterministic", "--epochs", "2", "--sample-every", "5", *TINY]
+    dcgan_letters.main([*common_args, "--out", str(tmp_path / "straight"), "--max-steps", "5"])
+    dcgan_letters.main([*common_args, "--out", str(tmp_path / "split"), "--max-steps", "2"])  # stops mid-epoch 1
+    dcgan_letters.main([*common_args, "--out", str(tmp_path / "split"), "--max-steps", "5", "--resume", "auto"])
+    straight = torch.load(tmp_path / "straight" / "B" / "last.pt", weights_only=True)
+    split = torch.load(tmp_path / "split" / "B" / "last.pt", weights_only=True)
+    assert split["step"] == straight["step"] == 5
+    for key, value in straight["generator"].items():
+        assert torch.equal(value, split["generator"][key]), key
+    drop = ("images_per_s",)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
+    assert strip(read_log(tmp_path / "split" / "B" / "log.csv")) == strip(read_log(tmp_path / "straight" / "B" / "log.csv"))
+
+
+def test_learning_rate_comparison_plot(tmp_path):
+    dcgan_letters.main(["--chars", "C", "--lr", "1e-4", "1e-3", "--max-steps", "2", "--out", str(tmp_path), *TINY])
+    assert (tmp_path / "C" / "lr_comparison.png").exists()
+    assert (tmp_path / "C" / "lr_0.0001" / "last.pt").exists() and (tmp_path / "C" / "lr_0.001" / "last.pt").exists()
+
+
+def test_folder_layout_reads_the_course_files(tmp_path, shared_data):
+    root = os.path.join(shared_data, "emnist_ab", "emnist_jpeg")
+    if not os.path.isdir(root):
+        pytest.skip("course A/B files absent")
+    args = dcgan_letters.parse_args(["--data", "folder", "--data-dir", root, "--folders", "10", "11"])
+    data = dcgan_letters.load_folder(args)
+    assert set(data) == {"folder_10", "folder_11"}
+    a = data["folder_10"]
+    assert a.dtype == torch.uint8 and a.shape[1:] == (1, 32, 32) and len(a) == 2400
+    # Transposed back upright: an 'A' has its apex at the top, so the top rows hold less ink than the bottom.
+    mean = a.float().mean(0)[0]
+    assert mean[6:12].sum() < mean[18:24].sum()
+    by_char = dcgan_letters.load_folder(dcgan_letters.parse_args(["--data", "folder", "--data-dir", root, "--chars", "B"]))
+    assert torch.equal(by_char["B"], data["folder_11"])
+
+
+def test_emnist_offline_gives_one_clear_message(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "EMNIST", offline)
+    args = dcgan_letters.parse_args(["--data", "emnist", "--data-dir", str(tmp_path), "--chars", "A"])
+    with pytest.raises(common.UserError, match="could not be downloaded"):
+        dcgan_letters.load_emnist(args)
+    with pytest.raises(common.UserError, match="merges"):
+        dcgan_letters.load_emnist(dcgan_letters.parse_args(["--data", "emnist", "--chars", "u"]))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--chars", "@"], "error:"),
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "-3"], "--batch-size"),
+    (["--lr", "0"], "--lr"),
+    (["--data", "folder", "--data-dir", "no/such/dir"], "not found"),
+])
+def test_bad_input_fails_cleanly_without_writing(tmp_path, argv, needle):
+    out = tmp_path / "run"
+    proc = run_script("dcgan_letters.py", *argv, "--out", out, check=False)
+    assert_clean_error(proc, needle)
+    assert not out.exists()
+
+
+def test_bad_files_fail_cleanly(tmp_path):
+    (tmp_path / "Train" / "10").mkdir(parents=True)
+    args = ["--data", "folder", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]
+    with pytest.raises(common.UserError, match="no .jpeg"):
+        dcgan_letters.main([*args, "--chars", "A"])
+    with pytest.raises(common.UserError, match="does not exist"):
+        dcgan_letters.main([*args, "--folders", "3"])
+    foreign = tmp_path / "foreign.pt"
+    common.save_checkpoint(str(foreign), {"format": 1, "script": "wgan_gp_cifar", "args": {}})
+    with pytest.raises(common.UserError, match="wgan_gp_cifar"):
+        dcgan_letters.main(["--chars", "A", "--resume", str(foreign), "--out", str(tmp_path / "r2"), *TINY])

@@ -1,0 +1,110 @@
+"""synthetic.letters / write_letters: determinism, format, class separability, the AIML431 on-disk layout."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import synthetic
+
+
+def nearest_centroid_accuracy(chars, image_size=28):
+    """Centroids from seed 0, tested on seed 1: can the characters be told apart from their pixels?"""
+    train_images, train_labels = synthetic.letters(chars, 60, image_size, seed=0)
+    test_images, test_labels = synthetic.letters(chars, 30, image_size, seed=1)
+    train, test = train_images.float().flatten(1), test_images.float().flatten(1)
+    centroids = torch.stack([train[train_labels == k].mean(0) for k in range(len(chars))])
+    return (torch.cdist(test, centroids).argmin(1) == test_labels).float().mean().item(), centroids
+
+
+def test_deterministic_for_a_seed():
+    first, labels = synthetic.letters("Ab3", 6, 28, seed=7)
+    again, labels_again = synthetic.letters("Ab3", 6, 28, seed=7)
+    other, _ = synthetic.letters("Ab3", 6, 28, seed=8)
+    assert torch.equal(first, again) and torch.equal(labels, labels_again)
+    assert not torch.equal(first, other)
+    assert (first.float() - other.float()).abs().mean() > 5  # not just a pixel or two
+
+
+@pytest.mark.parametrize("image_size", [28, 32, 20])
+def test_shapes_dtype_range(image_size):
+    images, labels = synthetic.letters(["Q", "z"], 5, image_size, seed=0)
+    assert images.shape == (10, 1, image_size, image_size) and images.dtype == torch.uint8
+    assert labels.dtype == torch.int64 and labels.tolist() == [0] * 5 + [1] * 5  # char by char
+    pixels = images.float()
+    assert pixels.amax((1, 2, 3)).min() >= 200  # every image has solid white ink ...
+    assert pixels.mean() < 110  # ... on a mostly black background
+    border = torch.cat([pixels[..., 0, :], pixels[..., -1, :], pixels[..., 0], pixels[..., -1]], -1)
+    assert border.mean() < pixels.mean() / 2  # centred: less ink at the edges than overall
+
+
+def test_characters_are_distinguishable():
+    # Pixel-space nearest centroid is a weak classifier: real EMNIST A vs B scores ~92% with it
+    # (2,400 course images each), so ten classes get a lower bar than two.
+    ten, centroids = nearest_centroid_accuracy("ABDEHKLMNT")
+    assert ten >= 0.7, ten  # chance is 0.1
+    pairwise = torch.cdist(centroids, centroids) + torch.eye(len(centroids)) * 1e9
+    assert pairwise.min() > 0.1 * centroids.norm(dim=1).mean()  # every mean image differs from every other
+    two, _ = nearest_centroid_accuracy("AB")
+    assert two >= 0.9, two
+
+
+@pytest.mark.parametrize("chars", ["A!", "Aé", ["A", "BC"], "AA", ""])
+def test_bad_characters_raise(chars):
+    with pytest.raises(ValueError, match="letters"):
+        synthetic.letters(chars, 2)
+
+
+def test_write_letters_layout(tmp_path):
+    out = tmp_path / "emnist_jpeg"
+    synthetic.write_letters(str(out), n=4, image_size=28, seed=3, chars="AB3")
+    images, labels = synthetic.letters("AB3", 4, 28, seed=3)
+    assert sorted(os.listdir(out / "Train")) == ["10", "11", "3"]  # EMNIST-Balanced labels of A, B, 3
+    from PIL import Image
+    for folder, char_index in (("10", 0), ("11", 1), ("3", 2)):
+        files = sorted(glob.glob(str(out / "Train" / folder / "char_*.jpeg")))
+        assert len(files) == 4
+        for path in files:
+            with Image.open(path) as image:
+                assert image.format == "PNG" and image.mode == "L" and image.size == (28, 28)
+                stored = np.array(image)
+            k = int(os.path.basename(path)[len("char_"):-len(".jpeg")])
+            assert labels[k] == char_index
+            assert np.array_equal(stored, images[k, 0].numpy().T)  # stored transposed, as the course's files
+
+
+def test_write_letters_rejects_merged_class_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="'c'"):
+        synthetic.write_letters(str(tmp_path / "out"), n=2, chars="Ac")  # EMNIST-Balanced merges c into C
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line_writes_all_47_classes(tmp_path, capsys):
+    synthetic.main(["letters", "--out", str(tmp_path), "--n", "2"])  # in-process: the subprocess start costs seconds
+    assert "wrote letters" in capsys.readouterr().out
+    folders = sorted(os.listdir(tmp_path / "Train"), key=int)
+    assert folders == [str(label) for label in range(47)]
+    assert all(len(os.listdir(tmp_path / "Train" / f)) == 2 for f in folders)
+
+
+def test_similar_to_real_emnist_a_b(shared_data):
+    from PIL import Image
+    images, labels = synthetic.letters("AB", 300, 28, seed=0)
+    real = []
+    for char_index, folder in ((0, "10"), (1, "11")):
+        files = sorted(glob.glob(os.path.join(shared_data, "emnist_ab", "emnist_jpeg", "Train", folder, "*.jpeg")))[:300]
+        if not files:
+            pytest.skip("no EMNIST A/B files in the shared data")
+        real.append(np.stack([np.array(Image.open(f)).T for f in files]).astype(np.float32))  # .T: upright
+        ours = images[labels == char_index, 0].numpy().astype(np.float32)
+        for stat in (lambda x: x.mean(), lambda x: (x > 127).mean()):  # mean intensity, ink fraction
+            ratio = stat(ours) / stat(real[-1])
+            assert 0.5 < ratio < 2, ratio
+    # Our mean A and B classify the real A and B (85% here; transposed or upside down they would not: 54%, 71%).
+    centroids = torch.stack([images[labels == k].float().mean(0).flatten() for k in range(2)])
+    real_images = torch.from_numpy(np.concatenate(real)).flatten(1)
+    real_labels = torch.tensor([0] * len(real[0]) + [1] * len(real[1]))
+    accuracy = (torch.cdist(real_images, centroids).argmin(1) == real_labels).float().mean().item()
+    assert accuracy >= 0.8, accuracy

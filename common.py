@@ -196,9 +196,14 @@ def wrap_ddp(model, dist, sync_bn=False):
 
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # broadcast_buffers=False: each rank keeps its own BN running stats unless --sync-bn; weights stay
+    # No buffer sync in forward: D runs twice per step (real, fake) and a broadcast between the two would
+    # overwrite BN statistics in place; each rank keeps its own BN running stats unless --sync-bn. Weights stay
     # identical because DDP averages gradients and every rank starts from rank 0's parameters.
-    return DDP(model, device_ids=[dist.device] if dist.device.type == "cuda" else None, broadcast_buffers=False)
+    import inspect
+
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+               else {"broadcast_buffers": False})
+    return DDP(model, device_ids=[dist.device] if dist.device.type == "cuda" else None, **no_sync)
 
 
 def unwrap(model):
@@ -728,8 +733,9 @@ class HealthMonitor:
     2. Mode collapse: the fixed-noise samples are far more alike than real images are.
     """
 
-    def __init__(self, patience=5, collapse_ratio=0.2, enabled=True):
-        self.patience, self.collapse_ratio, self.enabled = patience, collapse_ratio, enabled
+    def __init__(self, patience=5, collapse_ratio=0.2, enabled=True, min_step=300):
+        # Before `min_step` an untrained generator's outputs all look alike: no collapse warning then.
+        self.patience, self.collapse_ratio, self.enabled, self.min_step = patience, collapse_ratio, enabled, min_step
         self.d_won_count, self.warned, self.last_loss_g = 0, set(), None
         self.real_spread = None
 
@@ -744,11 +750,11 @@ class HealthMonitor:
                                     f"generator loss {means['loss_g']:.2f} and climbing): the generator gets almost no "
                                     f"gradient. Try a lower discriminator learning rate, label smoothing, or fewer D steps.")
 
-    def check_samples(self, fake, real, epoch):
+    def check_samples(self, fake, real, epoch, step=None):
         if self.real_spread is None:
             self.real_spread = mean_pairwise_distance(real)
         spread = mean_pairwise_distance(fake)
-        if self.real_spread > 0 and spread < self.collapse_ratio * self.real_spread:
+        if (step is None or step >= self.min_step) and self.real_spread > 0 and spread < self.collapse_ratio * self.real_spread:
             self._warn("collapse", f"epoch {epoch}: the fixed-noise samples look alike (mean pairwise distance "
                                    f"{spread:.2f} vs {self.real_spread:.2f} for real images): mode collapse. Try a "
                                    f"lower learning rate, a smaller embedding, or restart with another --seed.")

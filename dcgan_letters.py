@@ -83,8 +83,8 @@ def parse_args(argv=None):
 def load_synthetic(args):
     images_by_char = {}
     for c in args.chars:
-        try:
-            images, _ = synthetic.letters([c], args.n_per_char, image_size=args.image_size, seed=args.seed)
+        try:  # a seed per character: the same seed would give sample i of every class the same pen and pose
+            images, _ = synthetic.letters([c], args.n_per_char, image_size=args.image_size, seed=args.seed * 1000 + ord(c))
         except ValueError as e:
             raise common.UserError(str(e)) from None
         images_by_char[c] = images
@@ -317,7 +317,7 @@ def train_one(args, name, images, out, dist):
 
     def write_samples(label):
         images_now = sample(models["generator"], fixed_noise)
-        monitor.check_samples(images_now, real_reference, label)
+        monitor.check_samples(images_now, real_reference, label, step)
         common.save_grid(images_now, os.path.join(out, "samples", f"epoch_{label:03d}.png"), nrow=8)
         common.save_gif(sorted(glob.glob(os.path.join(out, "samples", "epoch_*.png"))), os.path.join(out, "progress.gif"))
         common.plot_losses(history, os.path.join(out, "losses.png"), title=f"DCGAN losses: {name}, lr {args.lr:g}")
@@ -345,7 +345,7 @@ def train_one(args, name, images, out, dist):
             if finished:  # every rank takes part in this check
                 divergence = common.replica_divergence(models["generator"], dist)
             if master and (finished or stopped or epoch == 1 or epoch % args.sample_every == 0):
-                write_samples(epoch if not stopped or finished else epoch + 1)
+                write_samples(epoch if batch_in_epoch == 0 else epoch + 1)  # mid-epoch: the epoch under way
             if master:
                 save(os.path.join(out, "last.pt"), finished=finished)
                 if not stopped and epoch % args.save_every == 0:

@@ -800,7 +800,10 @@ def main(argv=None):
         p.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args(argv)
     kwargs = {k: v for k, v in (("n", args.n), ("image_size", args.image_size)) if v is not None}
-    WRITERS[args.kind](args.out, seed=args.seed, **kwargs)
+    try:
+        WRITERS[args.kind](args.out, seed=args.seed, **kwargs)
+    except ValueError as e:
+        parser.error(str(e))
     print(f"wrote {args.kind} to {args.out}")
 
 

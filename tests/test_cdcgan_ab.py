@@ -1,0 +1,180 @@
+"""cdcgan_ab.py: end-to-end runs on tiny data, resume, label conditioning, --generate, the course's folder layout."""
+
+import contextlib
+import csv
+import io
+import os
+import subprocess
+
+import pytest
+import torch
+
+import cdcgan_ab
+import common
+import synthetic
+from conftest import assert_clean_error, run_script
+
+# 2 x 48 images in batches of 16: 6 steps an epoch, so steps 2 and 4 stop mid-epoch.
+# One thread: these models are tiny, and two threads on cores shared with other jobs ran 10x slower here.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+TINY = ["--n-per-char", "48", "--batch-size", "16", "--ngf", "8", "--ndf", "8", "--log-every", "1",
+        "--device", "cpu", "--no-progress"]
+
+
+def read_log_steps(run_dir):
+    with open(os.path.join(run_dir, "log.csv"), newline="") as f:
+        return [int(row["step"]) for row in csv.DictReader(f)]
+
+
+def run_in_process(*argv):
+    """cdcgan_ab's command line in this process (no second torch import, one thread), through the same
+    common.run_main as `python cdcgan_ab.py`: a CompletedProcess, as run_script gives."""
+    stdout, stderr, status, threads = io.StringIO(), io.StringIO(), 0, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            common.run_main(cdcgan_ab.main, [str(a) for a in argv])
+    except SystemExit as e:
+        status = e.code
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["cdcgan_ab.py", *argv], status, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Train 2 steps (a subprocess, end to end), then --resume auto up to step 4 (in this process, to save time);
+    keep what the first run left for the resume test, and a straight 4-step run to compare with."""
+    out = str(tmp_path_factory.mktemp("cdcgan_ab") / "run")
+    straight = str(tmp_path_factory.mktemp("cdcgan_ab") / "straight")
+    run_script("cdcgan_ab.py", *TINY, "--max-steps", "2", "--out", out, env=ONE_THREAD)
+    first = {"step": common.load_checkpoint(os.path.join(out, "last.pt"), "cdcgan_ab")["step"],
+             "log_steps": read_log_steps(out)}
+    resumed = run_in_process(*TINY, "--max-steps", "4", "--resume", "auto", "--out", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert run_in_process(*TINY, "--max-steps", "4", "--out", straight).returncode == 0
+    return {"out": out, "first": first, "resumed": resumed, "straight": straight}
+
+
+def test_run_folder_and_checkpoint(run):
+    out = run["out"]
+    for name in ("config.json", "log.csv", "progress.gif", "losses.png", "last.pt"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert os.listdir(os.path.join(out, "samples")), "no sample grid written"
+    checkpoint = common.load_checkpoint(os.path.join(out, "last.pt"), "cdcgan_ab")  # weights_only=True
+    assert checkpoint["args"]["chars"] == ["A", "B"]
+    assert set(checkpoint) >= {"generator", "discriminator", "optimizers", "rng", "history", "fixed_noise"}
+
+
+def test_resume_continues_from_saved_step(run):
+    assert run["first"]["step"] == 2 and run["first"]["log_steps"] == [1, 2]
+    assert "resumed at epoch 0, step 2" in run["resumed"].stderr
+    assert common.load_checkpoint(os.path.join(run["out"], "last.pt"), "cdcgan_ab")["step"] == 4
+    assert read_log_steps(run["out"]) == [1, 2, 3, 4]
+    # Exact: 2 steps, stop, 2 more == 4 steps in one go (same weights, same logged losses).
+    resumed, straight = (common.load_checkpoint(os.path.join(folder, "last.pt"), "cdcgan_ab")
+                         for folder in (run["out"], run["straight"]))
+    for key, value in straight["generator"].items():
+        assert torch.equal(value, resumed["generator"][key]), key
+    with open(os.path.join(run["out"], "log.csv")) as a, open(os.path.join(run["straight"], "log.csv")) as b:
+        assert [r["loss_g"] for r in csv.DictReader(a)] == [r["loss_g"] for r in csv.DictReader(b)]
+
+
+def test_generator_output_depends_on_label(run):
+    checkpoint = common.load_checkpoint(os.path.join(run["out"], "last.pt"), "cdcgan_ab")
+    generator = cdcgan_ab.build_generator(checkpoint["args"])
+    generator.load_state_dict(checkpoint["generator"])
+    noise = torch.randn(4, checkpoint["args"]["nz"], 1, 1, generator=torch.Generator().manual_seed(1))
+    images = cdcgan_ab.sample(generator, noise.repeat(2, 1, 1, 1), torch.tensor([0] * 4 + [1] * 4))
+    assert images.shape == (8, 1, 32, 32) and images.min() >= -1 and images.max() <= 1
+    same_noise_other_label = (images[:4] - images[4:]).abs().flatten(1).mean(1)
+    other_noise_same_label = (images[0] - images[1]).abs().mean()
+    assert (same_noise_other_label > 1e-3).all(), same_noise_other_label
+    assert other_noise_same_label > 1e-3
+
+
+def test_generate_writes_one_row_per_class(run, tmp_path, capsys):
+    from PIL import Image
+
+    grid = str(tmp_path / "generated.png")
+    cdcgan_ab.main(["--generate", "3", "--checkpoint", os.path.join(run["out"], "last.pt"), "--grid-out", grid,
+                    "--device", "cpu"])
+    assert "3 samples of each of A B" in capsys.readouterr().out
+    samples = os.path.join(run["out"], "samples")
+    with Image.open(grid) as picture, Image.open(os.path.join(samples, sorted(os.listdir(samples))[0])) as training_grid:
+        # The training grids have 2 rows (A, B) of 8 at the same scale: the same height, and narrower here.
+        assert picture.height == training_grid.height and picture.width < training_grid.width
+
+
+def test_folder_loader_reads_course_files(shared_data):
+    data_dir = os.path.join(shared_data, "emnist_ab", "emnist_jpeg")
+    if not os.path.isdir(os.path.join(data_dir, "Train", "10")):
+        pytest.skip(f"no A/B files in {data_dir}")
+    images, labels = cdcgan_ab.load_folder(cdcgan_ab.parse_args(["--data", "folder", "--data-dir", data_dir]))
+    assert images.dtype == torch.uint8 and images.shape[1:] == (1, 32, 32)
+    counts = torch.bincount(labels, minlength=2)
+    assert counts.tolist() == [len(os.listdir(os.path.join(data_dir, "Train", n))) for n in ("10", "11")]
+    # Transposed by default, the real A's look like upright rendered A's, not like their mirror about the diagonal.
+    real_a = images[labels == 0].float().mean(0)[0]
+    rendered_a = synthetic.letters(["A"], 100, image_size=32)[0].float().mean(0)[0]
+
+    def correlation(x, y):
+        return torch.corrcoef(torch.stack([x.flatten(), y.flatten()]))[0, 1]
+
+    assert correlation(real_a, rendered_a) > correlation(real_a.T, rendered_a) + 0.05
+
+
+def test_emnist_loader_keeps_the_chosen_classes_upright(monkeypatch):
+    import torchvision
+
+    class FakeEMNIST:  # torchvision's EMNIST as stored: images transposed, targets = EMNIST-Balanced labels
+        def __init__(self, root, split, train, download):
+            assert split == "balanced" and train
+            self.targets = torch.tensor([10, 3, 11, 10, 11, 11])  # A, 3, B, A, B, B
+            self.data = torch.zeros(6, 28, 28, dtype=torch.uint8)
+            self.data[:, :4, 20:] = 255  # a block at the top right, stored; upright it is at the bottom left
+
+    monkeypatch.setattr(torchvision.datasets, "EMNIST", FakeEMNIST)
+    images, labels = cdcgan_ab.load_emnist(cdcgan_ab.parse_args(["--data", "emnist"]))
+    assert labels.tolist() == [0, 0, 1, 1, 1] and images.shape == (5, 1, 32, 32)
+    assert images[:, 0, 24:, :4].float().mean() > 100 and images[:, 0, :4, 24:].float().mean() < 10
+
+
+def test_emnist_offline_is_one_clear_message(monkeypatch, tmp_path):
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "EMNIST", offline)
+    proc = run_in_process("--data", "emnist", "--data-dir", tmp_path / "data", "--out", tmp_path / "run")
+    assert_clean_error(proc, "error:", "EMNIST", "could not be downloaded")
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_character_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        cdcgan_ab.parse_args(["--chars", "A"])
+    assert "two or more" in capsys.readouterr().err
+
+
+def test_missing_class_folder_is_a_clean_error(tmp_path):
+    from PIL import Image
+
+    os.makedirs(tmp_path / "data" / "Train" / "10")  # A is there, B's folder 11 is not
+    Image.new("L", (28, 28)).save(tmp_path / "data" / "Train" / "10" / "0.jpeg", format="PNG")
+    out = tmp_path / "run"
+    proc = run_in_process("--data", "folder", "--data-dir", tmp_path / "data", "--out", out)
+    assert_clean_error(proc, "error:", "11", "does not exist")
+    assert not out.exists()
+
+
+def test_checkpoint_of_another_script_is_refused(tmp_path):
+    foreign = str(tmp_path / "foreign.pt")
+    common.save_checkpoint(foreign, {"format": common.CHECKPOINT_FORMAT, "script": "dcgan_letters", "args": {}})
+    out = tmp_path / "run"
+    proc = run_in_process(*TINY, "--resume", foreign, "--out", out)
+    assert_clean_error(proc, "error:", "dcgan_letters.py")
+    assert not out.exists()

@@ -51,7 +51,7 @@ def parse_args(argv=None):
     parser.add_argument("--emnist-split", default="balanced", help="with --data emnist: torchvision EMNIST split")
     parser.add_argument("--n-per-char", type=common.positive_int, default=2400,
                         help="with --data synthetic: images rendered per character (the course had 2,400)")
-    parser.add_argument("--lr", type=common.positive_float, nargs="+", default=[5e-4],
+    parser.add_argument("--lr", dest="learning_rates", type=common.positive_float, nargs="+", default=[5e-4],
                         help="Adam learning rate; several values train each in turn and plot a comparison")
     parser.add_argument("--ngf", type=common.positive_int, default=32, help="generator feature maps")
     parser.add_argument("--ndf", type=common.positive_int, default=32, help="discriminator feature maps")
@@ -70,7 +70,8 @@ def parse_args(argv=None):
     for c in args.chars:
         if len(c) != 1:
             parser.error(f"--chars takes single characters separated by spaces, got {c!r}")
-    runs = len(args.folders if args.folders is not None else args.chars) * len(args.lr)
+    args.lr = args.learning_rates[0]  # the rate of the run being trained; train() sets each in turn
+    runs = len(args.folders if args.folders is not None else args.chars) * len(args.learning_rates)
     if args.resume not in (None, "auto") and runs > 1:
         parser.error("--resume PATH continues one run: with several characters or learning rates use "
                      "--resume auto --out <run folder>")
@@ -337,7 +338,7 @@ def train_one(args, name, images, out, dist):
                 if at_limit or (stop if not dist.enabled else step % args.log_every == 0 and common.stop_requested(stop, dist)):
                     stopped = True
                     break
-            if not stopped:  # a whole epoch is done
+            if batch_in_epoch == len(loader):  # a whole epoch is done (also when a stop came with its last batch)
                 epoch, batch_in_epoch = epoch + 1, 0
                 log(interval_steps * args.batch_size * dist.world_size / max(time.perf_counter() - interval_start, 1e-9))
                 interval_start, interval_steps = time.perf_counter(), 0
@@ -372,7 +373,7 @@ def train(args):
         common.prepare_run_dir(out, resume=True)
         common.write_config(out, args, SCRIPT, dist.device,
                             {"images_per_character": {k: len(v) for k, v in images_by_name.items()}})
-    learning_rates = list(args.lr)
+    learning_rates = args.learning_rates
     try:
         for name, images in images_by_name.items():
             folder = f"{name}_lower" if len(name) == 1 and name.islower() else name  # 'u' and 'U' apart anywhere

@@ -368,7 +368,7 @@ def train_loop(args, loader, out, dist, checkpoint=None):
                 if at_limit or (stop if not dist.enabled else step % args.log_every == 0 and common.stop_requested(stop, dist)):
                     stopped = True
                     break
-            if not stopped:  # a whole epoch is done
+            if batch_in_epoch == len(loader):  # a whole epoch is done (also when a stop came with its last batch)
                 epoch, batch_in_epoch = epoch + 1, 0
                 log(interval_steps * args.batch_size * dist.world_size / max(time.perf_counter() - interval_start, 1e-9))
                 interval_start, interval_steps = time.perf_counter(), 0

@@ -9,6 +9,7 @@ monitor. Models, losses and training loops stay in the scripts themselves.
 
 import csv
 import datetime
+import errno
 import json
 import math
 import os
@@ -41,6 +42,12 @@ def run_main(main_fn, argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as e:  # a full disk or lost permissions mid-run: last.pt is intact (atomic saves), say so
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        print(f"error: {e.strerror}: {e.filename or ''} (the previous last.pt is intact; free space, then "
+              f"--resume auto)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 # argparse types: invalid values fail inside argparse with one line.
@@ -409,10 +416,11 @@ class CSVLogger:
         if resume_step is not None and os.path.exists(path):
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-            with open(path, "w", newline="") as f:
+            with open(f"{path}.tmp", "w", newline="") as f:  # atomic: a kill now must not lose the log
                 w = csv.DictWriter(f, self.fields, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
+            os.replace(f"{path}.tmp", path)
         else:
             with open(path, "w", newline="") as f:
                 csv.DictWriter(f, self.fields).writeheader()

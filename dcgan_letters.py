@@ -349,7 +349,7 @@ def train_one(args, name, images, out, dist):
                 write_samples(epoch if batch_in_epoch == 0 else epoch + 1)  # mid-epoch: the epoch under way
             if master:
                 save(os.path.join(out, "last.pt"), finished=finished)
-                if not stopped and epoch % args.save_every == 0:
+                if batch_in_epoch == 0 and epoch % args.save_every == 0:
                     save(os.path.join(out, f"epoch_{epoch:03d}.pt"), finished=finished)
             if finished:
                 break
@@ -367,6 +367,10 @@ def train(args):
     out = args.out or common.default_run_dir(SCRIPT)
     args.out = out
     images_by_name = load_data(args)  # data and checkpoint errors surface before anything is written
+    for name, images in images_by_name.items():
+        if len(images) // dist.world_size < args.batch_size:
+            raise common.UserError(f"{name}: {len(images)} images, fewer than one batch of {args.batch_size} per "
+                                   f"process; lower --batch-size")
     if args.resume not in (None, "auto"):
         common.load_checkpoint(args.resume, SCRIPT)
     if dist.is_master:

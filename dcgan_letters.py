@@ -42,7 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--data", choices=["synthetic", "emnist", "folder"], default="synthetic",
                         help="synthetic: letters rendered offline; emnist: torchvision EMNIST; "
                              "folder: the course's Train/<label>/*.jpeg layout in --data-dir")
-    parser.add_argument("--chars", nargs="+", default=["A", "B", "C"],
+    parser.add_argument("--chars", nargs="+", default=["A", "B"],
                         help="characters to train, one generator each, in turn")
     parser.add_argument("--folders", nargs="+", default=None,
                         help="with --data folder: train on these numbered class folders instead of --chars")
@@ -59,7 +59,7 @@ def parse_args(argv=None):
                         help="no training: write N samples from --checkpoint to a PNG grid")
     parser.add_argument("--checkpoint", default=None, help="with --generate: the checkpoint to sample from")
     parser.add_argument("--grid-out", default=None, help="with --generate: output PNG (default next to the checkpoint)")
-    common.add_common_args(parser, epochs=12, batch_size=64, lr=None, image_size=32, sample_every=10, save_every=10)
+    common.add_common_args(parser, epochs=15, batch_size=64, lr=None, image_size=32, sample_every=10, save_every=10)
     args = parser.parse_args(argv)
     if args.image_size not in (32, 64):
         parser.error("--image-size must be 32 or 64")

@@ -799,8 +799,10 @@ class LoadedCheckpoint:
         self.args = dict(self.checkpoint["args"])
         self.eval = dict(self.module.EVAL)
         self.generator = self.module.build_generator(self.args)
+        # The moving average of the generator's weights (CIFAR scripts' --ema-decay) is the one to score.
+        self.weights_name = "generator_ema" if "generator_ema" in self.checkpoint else "generator"
         try:
-            self.generator.load_state_dict(self.checkpoint["generator"])
+            self.generator.load_state_dict(self.checkpoint[self.weights_name])
         except RuntimeError as e:
             raise common.UserError(f"{path}: the generator weights do not fit {self.script}.build_generator "
                                    f"({str(e).splitlines()[0]})") from None

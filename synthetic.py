@@ -565,9 +565,9 @@ EYE_COLOURS = ("gray", "black", "orange", "pink", "yellow", "aqua", "purple", "g
 HAIR_RGB = {"orange": (245, 135, 35), "white": (238, 238, 242), "aqua": (55, 210, 210), "gray": (135, 135, 145),
             "green": (55, 165, 65), "red": (200, 25, 35), "purple": (125, 55, 180), "pink": (250, 145, 200),
             "blue": (35, 75, 215), "black": (32, 30, 36), "brown": (120, 68, 32), "blonde": (245, 218, 110)}
-EYE_RGB = {"gray": (130, 130, 140), "black": (28, 26, 32), "orange": (240, 125, 25), "pink": (245, 125, 190),
-           "yellow": (240, 220, 35), "aqua": (45, 210, 220), "purple": (135, 55, 190), "green": (35, 165, 55),
-           "brown": (120, 68, 28), "red": (210, 25, 35), "blue": (35, 75, 220)}
+EYE_RGB = {"gray": (150, 150, 158), "black": (28, 26, 32), "orange": (245, 130, 20), "pink": (250, 130, 200),
+           "yellow": (245, 225, 30), "aqua": (40, 215, 215), "purple": (150, 55, 225), "green": (30, 170, 50),
+           "brown": (140, 75, 25), "red": (215, 25, 35), "blue": (30, 70, 225)}
 SKIN_TONES = np.array([(255, 232, 214), (252, 221, 196), (245, 208, 178), (236, 192, 158)], dtype=np.float32)
 HAIR_STYLES = ("short", "bob", "long", "twintails")
 
@@ -656,8 +656,8 @@ def _render_faces(p, size):
     zigzag = 1 - 2 * np.abs(t - np.floor(t) - 0.5)  # triangle wave: 1 at a strand tip
     fringe_line = cy - ry + p["fringe_depth"] + p["fringe_tips"] * zigzag
     fringe = cap * _soft(y - fringe_line, pixel)
-    locks = _ellipse(x, y, cx, cy - 0.05, rx + 0.1, ry + 0.02, pixel) * _soft(p["lock_inset"] * rx - np.abs(x - cx), pixel)
-    locks = locks * _soft(y - (cy + p["lock_length"]), pixel)
+    locks = _ellipse(x, y, cx, cy - 0.05, rx + 0.1, ry + 0.02, pixel) * _soft(y - (cy + p["lock_length"]), pixel)
+    locks = locks * _soft(p["lock_inset"] * rx - np.abs(x - cx), pixel)
     shine = 1 + 0.22 * np.exp(-((y - (cy - ry + 0.12)) / 0.05) ** 2)  # the anime highlight band
     paint(np.maximum(fringe, locks), np.minimum(hair * (top_light * shine)[..., None], 255), hair=1.0)
 
@@ -666,9 +666,10 @@ def _render_faces(p, size):
     for side in (-1, 1):
         ex, ey, erx, ery = cx + side * p["eye_spacing"], p["eye_y"], p["eye_rx"], p["eye_ry"]
         paint(_ellipse(x, y, ex, ey, erx, ery, pixel), np.float32(250))
-        iris_shade = (0.72 + 0.38 * np.clip((y - (ey - ery)) / (2 * ery), 0, 1))[..., None]
-        paint(_ellipse(x, y, ex, ey + 0.1 * ery, 0.78 * erx, 0.88 * ery, pixel), np.minimum(eye * iris_shade, 255), iris=1.0)
-        paint(_ellipse(x, y, ex, ey + 0.15 * ery, 0.26 * erx, 0.32 * ery, pixel), eye * 0.45 + 8)
+        iris_shade = (0.82 + 0.26 * np.clip((y - (ey - ery)) / (2 * ery), 0, 1))[..., None]
+        iris_alpha = _ellipse(x, y, ex, ey + 0.1 * ery, 0.82 * erx, 0.9 * ery, pixel)
+        paint(iris_alpha, np.minimum(eye * iris_shade, 255), iris=1.0)
+        paint(_ellipse(x, y, ex, ey + 0.15 * ery, 0.22 * erx, 0.28 * ery, pixel), eye * 0.45 + 8)
         paint(_ellipse(x, y, ex - side * 0.3 * erx, ey - 0.3 * ery, 0.22 * erx, 0.2 * ery, pixel), np.float32(255))
         ring = np.sqrt(((x - ex) / erx) ** 2 + ((y - ey) / ery) ** 2)
         lash = _soft((np.abs(ring - 1.07) - 0.12) * erx, pixel) * _soft(y - (ey - 0.3 * ery), pixel)
@@ -709,7 +710,7 @@ def faces(n, image_size=64, seed=0, hair=None, eyes=None, return_masks=False):
     head_rx = u(0.48, 0.6)
     head_ry = head_rx * u(1.05, 1.25)
     head_y = u(0.0, 0.12)
-    eye_ry = u(0.15, 0.2)
+    eye_ry = u(0.17, 0.22)
     p = {"zoom": u(0.88, 1.04), "shift_x": u(-0.07, 0.07), "shift_y": u(-0.06, 0.06),
          "background": background.astype(np.float32),
          "hair_rgb": shade(HAIR_RGB, [HAIR_COLOURS[i] for i in hair_index]),
@@ -738,8 +739,9 @@ def faces(n, image_size=64, seed=0, hair=None, eyes=None, return_masks=False):
         if return_masks:
             hair_masks.append(hair_seen > 0.9)
             iris_masks.append(iris_seen > 0.9)
-    result = (torch.from_numpy(np.concatenate(images)) if images else torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8),
-              torch.from_numpy(hair_index.astype(np.int64)), torch.from_numpy(eye_index.astype(np.int64)))
+    images = np.concatenate(images) if images else np.zeros((0, 3, image_size, image_size), np.uint8)
+    result = (torch.from_numpy(images), torch.from_numpy(hair_index.astype(np.int64)),
+              torch.from_numpy(eye_index.astype(np.int64)))
     if return_masks:
         masks = {"hair": torch.from_numpy(np.concatenate(hair_masks)) if hair_masks else None,
                  "iris": torch.from_numpy(np.concatenate(iris_masks)) if iris_masks else None}

@@ -360,3 +360,15 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     torch.save({"format": common.CHECKPOINT_FORMAT, "script": "no_such_gan", "args": {}, "generator": {}}, unknown)
     with pytest.raises(common.UserError, match="no_such_gan.py, which is not in"):
         evaluate.main([str(unknown), "--no-fid"])
+
+
+def test_the_ema_generator_is_the_one_scored(workspace):
+    """A checkpoint with generator_ema: evaluate.py rebuilds the generator from those weights, not the raw ones."""
+    path = tiny_checkpoint("dcgan_cifar", workspace)
+    checkpoint = torch.load(path, weights_only=True)
+    assert "generator_ema" in checkpoint
+    loaded = evaluate.LoadedCheckpoint(path, torch.device("cpu"))
+    assert loaded.weights_name == "generator_ema"
+    for name, value in loaded.generator.state_dict().items():
+        assert torch.equal(value, checkpoint["generator_ema"][name]), name
+    assert any(not torch.equal(checkpoint["generator"][k], checkpoint["generator_ema"][k]) for k in checkpoint["generator"])

@@ -591,11 +591,6 @@ def _colour_index(value, vocabulary, what, n):
     return np.array(out, dtype=np.int64)
 
 
-def _soft(signed_distance, pixel):
-    """Coverage of a pixel by a shape, from the signed distance to its edge (negative inside): anti-aliased."""
-    return np.clip(0.5 - signed_distance / pixel, 0.0, 1.0)
-
-
 def _ellipse(x, y, cx, cy, rx, ry, pixel):
     d = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
     return _soft((d - 1) * np.minimum(rx, ry), pixel)

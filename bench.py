@@ -64,7 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1")
     parser.add_argument("--image-size", type=int, choices=[32, 64], default=32, help="image height and width")
     parser.add_argument("--batch-size", type=common.positive_int, default=64, help="images per batch")
-    parser.add_argument("--amp", action="store_true", help="pass --amp to every script (bf16 autocast, CUDA only)")
+    parser.add_argument("--amp", action="store_true",
+                        help="pass --amp to every script (bf16 autocast; common.autocast enables it on CUDA only)")
     parser.add_argument("--compile", action="store_true", help="pass --compile to every script (torch.compile)")
     parser.add_argument("--deterministic", action="store_true",
                         help="pass --deterministic (no cuDNN autotuning) to every script")
@@ -76,7 +77,7 @@ def parse_args(argv=None):
                         help="DataLoader workers of the baseline (default: 0 on CPU, where workers would take the "
                              "training's cores; 2 on CUDA, pytorch/examples' default)")
     parser.add_argument("--cpu-checks", action="store_true",
-                        help="also time dcgan_cifar with 1 and 2 threads and with channels_last on the CPU")
+                        help="also time dcgan_cifar with 1 and 2 threads, channels_last and bf16 autocast on the CPU")
     parser.add_argument("--extraction-images", type=int, default=100,
                         help="images for evaluate.py's feature-extraction row (0: skip it)")
     parser.add_argument("--extraction-batch", type=common.positive_int, default=50,
@@ -166,7 +167,8 @@ def cpu_setting(threads=None, cpu_bf16=False):
     if threads is not None:
         torch.set_num_threads(threads)
     if cpu_bf16:
-        common.autocast = lambda device, enabled: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(enabled))
+        common.autocast = lambda device, enabled: torch.autocast(device.type, dtype=torch.bfloat16,
+                                                                 enabled=bool(enabled))
     try:
         yield
     finally:
@@ -401,7 +403,7 @@ def speed(info, seconds, steps):
             "cifar_epoch_s": CIFAR10_TRAIN_IMAGES * seconds / images if info["cifar"] else None}
 
 
-LABEL_WIDTH = 38
+LABEL_WIDTH = 40
 HEADER = (f"{'row':<{LABEL_WIDTH}} {'G+D params':>10} {'img/step':>8} {'images/s':>10} {'ms/step':>9} {'peak MiB':>9} "
           f"{'s/CIFAR ep':>10} {'x base':>7}")
 
@@ -432,7 +434,8 @@ def run_benchmark(bench, device):
     if bench.amp and device.type != "cuda":
         precision += " (--amp is CUDA-only: common.autocast does nothing here)"
     print(f"bench.py: {device_description(device)}; torch {torch.__version__}; {load_average()}")
-    print(f"{bench.image_size} px, batch {bench.batch_size}, {precision}, {'torch.compile' if bench.compile else 'eager'}"
+    mode = "torch.compile" if bench.compile else "eager"
+    print(f"{bench.image_size} px, batch {bench.batch_size}, {precision}, {mode}"
           f"{', deterministic' if bench.deterministic else ''}; {bench.warmup} warm-up steps, then "
           f"{'the fastest of %d windows of ' % bench.repeats if bench.repeats > 1 else ''}{bench.steps} timed steps",
           flush=True)

@@ -20,7 +20,8 @@ NUMBER = r"(\d+(?:\.\d+)?)"
 
 def row(output, label):
     """The numbers of the table row `label`: img/step, images/s, ms/step, peak MiB, s/CIFAR ep, x base ('-' kept)."""
-    match = re.search(rf"^{re.escape(label)}\s+{NUMBER}M\s+(\d+)\s+{NUMBER}\s+{NUMBER}\s+(\S+)\s+(\S+)\s+(\S+)\s*$", output, re.M)
+    pattern = rf"^{re.escape(label)}\s+{NUMBER}M\s+(\d+)\s+{NUMBER}\s+{NUMBER}\s+(\S+)\s+(\S+)\s+(\S+)\s*$"
+    match = re.search(pattern, output, re.M)
     assert match, f"no row for {label!r} in:\n{output}"
     assert float(match.group(1)) > 0  # G+D parameters, in millions
     return match.groups()[1:]
@@ -123,8 +124,8 @@ def test_unknown_script_is_refused_by_argparse(capsys):
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("cc") is None,
                     reason="torch.compile on the CPU needs a C++ compiler (g++ or cc) to build its kernels")
 @pytest.mark.skipif(os.environ.get("RUN_SLOW_TESTS") != "1",
-                    reason="torch.compile on the CPU takes 20 s of CPU time (75 s wall on a shared 2-core machine) "
-                           "to compile even dcgan_letters: set RUN_SLOW_TESTS=1 to run it")
+                    reason="torch.compile on the CPU builds C++ kernels: 30 s of CPU time for dcgan_letters with a "
+                           "cold inductor cache (46-75 s wall on the shared 2-core machine): set RUN_SLOW_TESTS=1")
 def test_compile_path_runs_on_cpu():
     proc = run_script("bench.py", *TINY, "--scripts", "dcgan_letters", "--compile", "--extraction-images", "0",
                       timeout=600)

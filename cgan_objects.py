@@ -69,12 +69,13 @@ def parse_args(argv=None):
     parser.add_argument("--loss", choices=["hinge", "bce", "wgan-gp", "wgan-clip"], default="hinge",
                         help="hinge; bce (the DCGAN loss); wgan-gp (gradient penalty); wgan-clip (RMSprop and "
                              "weight clipping, the original WGAN)")
-    parser.add_argument("--acgan", action="store_true",
-                        help="add an auxiliary multi-label head on the discriminator (AC-GAN, BCE on the 24 labels)")
+    parser.add_argument("--acgan", action=argparse.BooleanOptionalAction, default=True,
+                        help="an auxiliary multi-label head on the discriminator (AC-GAN, BCE on the 24 labels); "
+                             "--no-acgan for the plain conditional GAN of the reports")
     parser.add_argument("--aux-weight", type=common.non_negative_float, default=1.0, help="weight of the AC-GAN loss")
     parser.add_argument("--d-norm", choices=["auto", "batch", "spectral", "none"], default="auto",
-                        help="discriminator normalisation; auto: spectral for hinge, batch for bce and wgan-clip, "
-                             "none for wgan-gp (its penalty is per sample)")
+                        help="discriminator normalisation; auto: batch, but none for wgan-gp (its penalty is per "
+                             "sample); spectral: spectral norm on every layer (Miyato et al. 2018)")
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="generator feature maps")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="discriminator feature maps")
     parser.add_argument("--lr-g", type=common.positive_float, default=None,
@@ -84,7 +85,7 @@ def parse_args(argv=None):
     parser.add_argument("--step-lr", type=common.positive_int, default=None, metavar="EPOCHS",
                         help="multiply both learning rates by --gamma every EPOCHS epochs")
     parser.add_argument("--gamma", type=common.positive_float, default=0.5, help="factor of --step-lr")
-    parser.add_argument("--ema", type=common.unit_interval, default=0.999,
+    parser.add_argument("--ema", type=common.unit_interval, default=0.0,
                         help="sample and score from an exponential moving average of the generator's weights with "
                              "this decay (0: the trained weights themselves)")
     parser.add_argument("--n-critic", type=common.positive_int, default=None,
@@ -116,7 +117,7 @@ def parse_args(argv=None):
     if args.d_norm == "batch" and args.loss == "wgan-gp":
         parser.error("--loss wgan-gp penalises each sample's gradient: use --d-norm none or spectral, not batch")
     if args.d_norm == "auto":
-        args.d_norm = {"hinge": "spectral", "bce": "batch", "wgan-clip": "batch", "wgan-gp": "none"}[args.loss]
+        args.d_norm = "none" if args.loss == "wgan-gp" else "batch"
     default_lr = 5e-5 if args.loss == "wgan-clip" else 2e-4
     args.lr_g = args.lr_g or default_lr
     args.lr_d = args.lr_d or default_lr
@@ -297,7 +298,7 @@ class Discriminator(nn.Module):
     (map, channels) or by projection: logit = w . phi(x) + embed(y) . phi(x), with phi(x) the summed trunk
     features and embed(y) the sum of the requested objects' embeddings (Miyato & Koyama 2018)."""
 
-    def __init__(self, ndf=64, image_size=64, d_cond="projection", norm="spectral", acgan=False):
+    def __init__(self, ndf=64, image_size=64, d_cond="projection", norm="batch", acgan=True):
         super().__init__()
         self.d_cond, self.image_size = d_cond, image_size
         extra = {"projection": 0, "map": 1, "channels": 3}[d_cond]
@@ -518,6 +519,7 @@ def load_classifier(path, device):
         model.load_state_dict(state)
     except RuntimeError as e:
         raise common.UserError(f"{path} does not fit {type(model).__name__}: {str(e).splitlines()[0]}") from None
+    model.held_out = checkpoint.get("held_out", {})  # ours: its scores on held-out real scenes (the ceiling)
     return model.to(device).eval()
 
 
@@ -567,7 +569,19 @@ def score_generator(generator, args, classifier_path=None, device="cpu", test_di
     result = dict(first)
     result.update({f"{k}_mean": v for k, v in mean.items()})
     result.update({"lists": source, "classifier": classifier_path, "repeats": repeats})
+    ceiling = classifier_ceiling(classifier, args["image_size"])
+    if ceiling is not None:
+        result["classifier_ceiling"] = ceiling
     return result
+
+
+def classifier_ceiling(classifier, image_size):
+    """The classifier's held-out score on real pictures of this size (what a perfect generator would get)."""
+    held_out = getattr(classifier, "held_out", {})
+    for name in (f"scenes at {image_size} px", f"scenes at {image_size} px, upsampled", "held-out i-CLEVR pictures"):
+        if name in held_out:
+            return held_out[name]
+    return None
 
 
 def classifier_training_data(data_dir, seed, n_scenes, n_held_out=2000):
@@ -668,7 +682,10 @@ def train(args):
         common.prepare_run_dir(out, resume=resume_path is not None)
         common.write_config(out, args, SCRIPT, device, {"images": len(images), "condition_lists": lists_source,
                                                         "classifier": args.classifier if classifier else None})
-        print(f"{len(images)} pictures; scoring {lists_source}", file=sys.stderr)
+        ceiling = classifier_ceiling(classifier, args.image_size) if classifier else None
+        print(f"{len(images)} pictures; scoring {lists_source}"
+              + (f" (classifier's held-out score on real scenes: {ceiling:.3f})" if ceiling is not None else ""),
+              file=sys.stderr)
 
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     models, optimizers = build(args, device)

@@ -159,8 +159,8 @@ def tiny_classifier(tmp_path_factory):
 
 @pytest.mark.parametrize("d_cond, loss, extra", [
     ("projection", "hinge", []),
-    ("map", "bce", ["--acgan"]),
-    ("channels", "wgan-gp", ["--n-critic", "2"]),
+    ("map", "bce", ["--acgan", "--ema", "0.9"]),
+    ("channels", "wgan-gp", ["--n-critic", "2", "--no-acgan"]),
     ("projection", "wgan-clip", ["--step-lr", "1"]),
 ])
 def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
@@ -178,6 +178,12 @@ def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["script"] == "cgan_objects" and checkpoint["step"] == 3 and checkpoint["finished"]
     assert checkpoint["args"]["d_cond"] == d_cond and checkpoint["args"]["loss"] == loss
+    has_aux_head = any(k.startswith("aux_classifier") for k in checkpoint["discriminator"])
+    assert has_aux_head == ("--no-acgan" not in extra)
+    if "--ema" in extra:  # grids and scores come from the moving average; the trained weights are kept to resume
+        assert not torch.equal(checkpoint["generator"]["net.0.weight"], checkpoint["generator_trained"]["net.0.weight"])
+    else:
+        assert "generator_trained" not in checkpoint
     scores = read_csv(out / "scores.csv")[-1]
     assert 0.0 <= float(scores["test"]) <= 1.0
     if d_cond == "projection" and loss == "hinge":
@@ -188,6 +194,8 @@ def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
         assert again["test"] == pytest.approx(float(scores["test"]), abs=1e-5)
         assert again["new_test_mean"] == pytest.approx(float(scores["new_test_mean"]), abs=1e-5)
         assert "lists" in again and again["repeats"] == 10
+        held_out = torch.load(tiny_classifier, weights_only=True)["held_out"]
+        assert again["classifier_ceiling"] == held_out["scenes at 32 px, upsampled"]
 
 
 def test_evaluate_py_scores_a_checkpoint(tmp_path, tiny_classifier):

@@ -16,7 +16,7 @@ Run:
     python bench.py --baseline --device cpu --steps 30         # with the reference loop and the ratios
     python bench.py --device cuda --image-size 64 --batch-size 128 --baseline --amp --compile
     python bench.py --scripts dcgan_cifar wgan_gp_cifar --steps 50
-    python bench.py --cpu-checks --device cpu                  # dcgan_cifar: threads, channels_last, bf16 on CPU
+    python bench.py --cpu-checks --device cpu                  # every script: NCHW vs channels_last, fp32 vs bf16
     python bench.py --threads 1 --repeats 3 --baseline         # a machine shared with other jobs: see README
 
 The images are random uint8 pixels of each script's shape (1 channel for the letters, 3 otherwise) with
@@ -65,7 +65,7 @@ def parse_args(argv=None):
     parser.add_argument("--image-size", type=int, choices=[32, 64], default=32, help="image height and width")
     parser.add_argument("--batch-size", type=common.positive_int, default=64, help="images per batch")
     parser.add_argument("--amp", action="store_true",
-                        help="pass --amp to every script (bf16 autocast; common.autocast enables it on CUDA only)")
+                        help="pass --amp to every script (bf16 autocast on CUDA and on CPUs with native bf16)")
     parser.add_argument("--compile", action="store_true", help="pass --compile to every script (torch.compile)")
     parser.add_argument("--deterministic", action="store_true",
                         help="pass --deterministic (no cuDNN autotuning) to every script")
@@ -77,7 +77,8 @@ def parse_args(argv=None):
                         help="DataLoader workers of the baseline (default: 0 on CPU, where workers would take the "
                              "training's cores; 2 on CUDA, pytorch/examples' default)")
     parser.add_argument("--cpu-checks", action="store_true",
-                        help="also time dcgan_cifar with 1 and 2 threads, channels_last and bf16 autocast on the CPU")
+                        help="also time every chosen script in NCHW (not channels_last) and with --amp, and "
+                             "dcgan_cifar with 1 and 2 threads: the measurements behind the CPU defaults")
     parser.add_argument("--extraction-images", type=int, default=100,
                         help="images for evaluate.py's feature-extraction row (0: skip it)")
     parser.add_argument("--extraction-batch", type=common.positive_int, default=50,
@@ -161,19 +162,15 @@ class TimedLoop:
 
 
 @contextlib.contextmanager
-def cpu_setting(threads=None, cpu_bf16=False):
-    """The CPU checks: a thread count, and bf16 autocast on the CPU (common.autocast enables it on CUDA only)."""
-    previous_threads, cuda_only_autocast = torch.get_num_threads(), common.autocast
+def thread_setting(threads=None):
+    """The thread-count check: torch.set_num_threads(threads) for the window, restored after."""
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    if cpu_bf16:
-        common.autocast = lambda device, enabled: torch.autocast(device.type, dtype=torch.bfloat16,
-                                                                 enabled=bool(enabled))
     try:
         yield
     finally:
         torch.set_num_threads(previous_threads)
-        common.autocast = cuda_only_autocast
 
 
 # ---------------------------------------------------------------------------
@@ -213,12 +210,14 @@ def script_argv(bench):
 # ---------------------------------------------------------------------------
 # Ours: the script's own training iteration
 # ---------------------------------------------------------------------------
-def prepare_script(name, bench, device, threads=None, channels_last_cpu=False, cpu_bf16=False):
+def prepare_script(name, bench, device, threads=None, nchw=False, amp=False):
     """`name`'s training iteration as its train() runs it: DeviceLoader batch -> train_step -> LossMeter.add
     (-> its EMA update). Returns (TimedLoop, info): info has images_per_step, parameters, note, cifar, memory
-    (a PeakMemory started after the dataset went to the device) and check() (the losses are finite)."""
+    (a PeakMemory started after the dataset went to the device) and check() (the losses are finite).
+    The checks: threads (a torch thread count), nchw (contiguous NCHW weights and batches instead of the
+    channels_last that common.prepare_model and DeviceLoader use), amp (the script's --amp)."""
     module = importlib.import_module(name)
-    args = module.parse_args(script_argv(bench) + (["--amp"] if cpu_bf16 else []))
+    args = module.parse_args(script_argv(bench) + (["--amp"] if amp and not bench.amp else []))
     common.seed_everything(args.seed, args.deterministic)
     images_per_step = module.images_per_step(args) if hasattr(module, "images_per_step") else args.batch_size
     channels = 1 if module.EVAL["dataset"] == "letters" else 3
@@ -230,9 +229,9 @@ def prepare_script(name, bench, device, threads=None, channels_last_cpu=False, c
                                  normalize=not getattr(args, "no_normalize", False))
     memory = PeakMemory(device)
     models, optimizers = module.build(args, device)
-    if channels_last_cpu:  # the CPU check: NHWC weights and batches (common.prepare_model does this on CUDA only)
+    if nchw:
         for model in models.values():
-            model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.contiguous_format)
     train_models = {k: common.maybe_compile(m, args.compile) for k, m in models.items()}
     ema_generator = None
     if hasattr(module, "update_ema") and getattr(args, "ema_decay", 0) > 0:
@@ -247,8 +246,8 @@ def prepare_script(name, bench, device, threads=None, channels_last_cpu=False, c
         for _ in range(count):
             step = state["step"]
             real_images, real_labels = next(state["batches"])
-            if channels_last_cpu:
-                real_images = real_images.contiguous(memory_format=torch.channels_last)
+            if nchw:
+                real_images = real_images.contiguous()
             batch = {"images": real_images, "labels": real_labels}
             if counts_critic_steps:
                 batch["update_generator"] = (step + 1) % args.n_critic == 0
@@ -267,7 +266,7 @@ def prepare_script(name, bench, device, threads=None, channels_last_cpu=False, c
     info = {"images_per_step": images_per_step, "note": note, "memory": memory, "check": check,
             "parameters": sum(p.numel() for model in models.values() for p in model.parameters()),
             "cifar": module.EVAL["dataset"] == "cifar10"}
-    return TimedLoop(run_steps, device, lambda: cpu_setting(threads, cpu_bf16)), info
+    return TimedLoop(run_steps, device, lambda: thread_setting(threads)), info
 
 
 def batch_stream(loader):
@@ -430,9 +429,9 @@ def main(argv=None):
 
 
 def run_benchmark(bench, device):
-    precision = "bf16 autocast" if bench.amp and device.type == "cuda" else "fp32"
-    if bench.amp and device.type != "cuda":
-        precision += " (--amp is CUDA-only: common.autocast does nothing here)"
+    precision = "bf16 autocast (--amp)" if common.amp_enabled(device, bench.amp) else "fp32"
+    if bench.amp and not common.amp_enabled(device, True):
+        precision += " (--amp does nothing on this device: no native bf16)"
     print(f"bench.py: {device_description(device)}; torch {torch.__version__}; {load_average()}")
     mode = "torch.compile" if bench.compile else "eager"
     print(f"{bench.image_size} px, batch {bench.batch_size}, {precision}, {mode}"
@@ -447,11 +446,11 @@ def run_benchmark(bench, device):
         baseline_peak = baseline_info["memory"].mib()
     print(HEADER, flush=True)
     rows = [(name, {}) for name in bench.scripts]
-    if bench.cpu_checks:  # the CPU levers, one at a time and combined, on dcgan_cifar
-        rows += [("dcgan_cifar", {"threads": 1}), ("dcgan_cifar", {"threads": 2}),
-                 ("dcgan_cifar", {"channels_last_cpu": True}), ("dcgan_cifar", {"cpu_bf16": True}),
-                 ("dcgan_cifar", {"cpu_bf16": True, "channels_last_cpu": True})]
-    variant_names = {"channels_last_cpu": "channels_last", "cpu_bf16": "bf16 on CPU"}
+    if bench.cpu_checks:  # the levers behind the defaults: memory format and bf16 per script, threads on one
+        rows = [(name, variant) for name in bench.scripts
+                for variant in ({}, {"nchw": True}, *([] if bench.amp else [{"amp": True}]))]
+        rows += [("dcgan_cifar", {"threads": 1}), ("dcgan_cifar", {"threads": 2})]
+    variant_names = {"nchw": "NCHW", "amp": "--amp"}
     failed, notes = [], []
     for name, variant in rows:
         label = " ".join([name, " + ".join(f"threads={v}" if k == "threads" else variant_names[k]
@@ -482,7 +481,7 @@ def run_benchmark(bench, device):
             baseline_seconds += paired
         print(format_row(label, info, result, peak, ratio), flush=True)
         if info["note"]:
-            notes.append(f"{name}: {info['note']}")
+            notes.append(f"{name}: {info['note']}")  # printed once per script, below
     if baseline_loop is not None:
         print(format_row("baseline: DCGAN, DataLoader+PIL", baseline_info,
                          speed(baseline_info, min(baseline_seconds), bench.steps), baseline_peak, 1.0))
@@ -494,7 +493,7 @@ def run_benchmark(bench, device):
         print(f"{'evaluate.py feature extraction':<{LABEL_WIDTH}} {'':>10} {'':>8} {rate:>10.1f}   ({n} uint8 32 px "
               f"images -> Inception at 299 px -> 2048 features, batch {batch_size})")
     print("notes:")
-    for note in notes:
+    for note in dict.fromkeys(notes):
         print(f"  {note}")
     print("  ours: DeviceLoader batch (uint8 on the device) + the script's train_step + LossMeter.add (+ its EMA "
           "update), one device sync per timed window; G+D params: both networks' weights; img/step: real images "
@@ -508,9 +507,8 @@ def run_benchmark(bench, device):
     print("  peak MiB: memory the row needed above what was held when it started (CUDA: allocated tensors; "
           "CPU: resident memory)")
     if bench.cpu_checks:
-        print("  cpu checks: threads=N: torch.set_num_threads(N); channels_last: NHWC models and batches (common."
-              "prepare_model does this on CUDA only); bf16 on CPU: the script's --amp with autocast enabled on the CPU "
-              "(common.autocast enables it on CUDA only)")
+        print("  cpu checks: NCHW: contiguous models and batches instead of the channels_last that the scripts use "
+              "on CPU and CUDA; --amp: the script's bf16 autocast; threads=N: torch.set_num_threads(N)")
     print(f"  s/CIFAR ep: seconds per pass over CIFAR-10's {CIFAR10_TRAIN_IMAGES} training images at this speed")
     print(f"  {load_average()} at the end")
     if failed:

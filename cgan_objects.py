@@ -63,6 +63,9 @@ def parse_args(argv=None):
                         help="with --data synthetic: scenes rendered (the lab's train.json has 18,009 pictures)")
     parser.add_argument("--cond-dim", type=common.positive_int, default=64,
                         help="generator: the multi-hot condition goes through Linear -> ReLU to this size")
+    parser.add_argument("--g-cond", choices=["cbn", "concat"], default="cbn",
+                        help="how the generator sees the condition: concat (joined with the noise at the input) or "
+                             "cbn (also conditional BatchNorm in every layer)")
     parser.add_argument("--d-cond", choices=["projection", "map", "channels"], default="projection",
                         help="how the discriminator sees the condition: projection (Miyato & Koyama); map: Linear "
                              "to one HxW map added as a 4th channel; channels: Linear to 3xHxW, 3 more channels")
@@ -270,25 +273,47 @@ def load_data(args):
 # ---------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm whose scale and shift are predicted from the condition (de Vries et al. 2017; Miyato & Koyama
+    2018 pair it with the projection discriminator): scale = 1 + Linear(c), shift = Linear(c), per picture."""
+
+    def __init__(self, channels, cond_dim):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.scale = nn.Linear(cond_dim, channels)
+        self.shift = nn.Linear(cond_dim, channels)
+
+    def forward(self, x, cond):
+        return self.norm(x) * (1 + self.scale(cond))[:, :, None, None] + self.shift(cond)[:, :, None, None]
+
+
 class Generator(nn.Module):
     """(noise, condition) -> image. The multi-hot condition goes through Linear -> ReLU, is joined with the
-    noise, and the DCGAN transposed-conv stack (BN + ReLU, tanh output) draws from 4x4 up."""
+    noise, and the DCGAN transposed-conv stack (BN + ReLU, tanh output) draws from 4x4 up. With
+    g_cond="cbn" every BatchNorm also takes its scale and shift from the condition, so each layer is told
+    what to draw, not only the first."""
 
-    def __init__(self, nz=100, cond_dim=64, ngf=64, image_size=64):
+    def __init__(self, nz=100, cond_dim=64, ngf=64, image_size=64, g_cond="concat"):
         super().__init__()
         self.embed = nn.Sequential(nn.Linear(N_OBJECTS, cond_dim), nn.ReLU(True))
         blocks = {32: 3, 64: 4}[image_size]  # each block doubles the resolution from 4x4
         width = ngf * 2 ** (blocks - 1)
-        layers = [nn.ConvTranspose2d(nz + cond_dim, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
-        for _ in range(blocks - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
-            width //= 2
-        layers += [nn.ConvTranspose2d(width, 3, 4, 2, 1), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        self.convs, self.norms = nn.ModuleList(), nn.ModuleList()
+        for i in range(blocks):
+            out_width = width if i == 0 else width // 2
+            self.convs.append(nn.ConvTranspose2d(nz + cond_dim, out_width, 4, 1, 0, bias=False) if i == 0
+                              else nn.ConvTranspose2d(width, out_width, 4, 2, 1, bias=False))
+            self.norms.append(ConditionalBatchNorm2d(out_width, cond_dim) if g_cond == "cbn" else nn.BatchNorm2d(out_width))
+            width = out_width
+        self.to_rgb = nn.ConvTranspose2d(width, 3, 4, 2, 1)
 
     def forward(self, noise, labels):
-        joined = torch.cat([noise.flatten(1), self.embed(labels)], dim=1)
-        return self.net(joined[:, :, None, None])
+        cond = self.embed(labels)
+        x = torch.cat([noise.flatten(1), cond], dim=1)[:, :, None, None]
+        for conv, norm in zip(self.convs, self.norms):
+            x = conv(x)
+            x = F.relu(norm(x, cond) if isinstance(norm, ConditionalBatchNorm2d) else norm(x))
+        return torch.tanh(self.to_rgb(x))
 
 
 class Discriminator(nn.Module):
@@ -338,7 +363,7 @@ class Discriminator(nn.Module):
 
 def build_generator(args):
     """Rebuild the generator from the plain args dict stored in a checkpoint (evaluate.py uses this)."""
-    return Generator(args["nz"], args["cond_dim"], args["ngf"], args["image_size"])
+    return Generator(args["nz"], args["cond_dim"], args["ngf"], args["image_size"], args.get("g_cond", "concat"))
 
 
 def build(args, device):

@@ -10,6 +10,7 @@ monitor. Models, losses and training loops stay in the scripts themselves.
 import csv
 import datetime
 import errno
+import functools
 import json
 import math
 import os
@@ -109,7 +110,8 @@ def add_common_args(parser, *, epochs, batch_size, lr, image_size, sample_every=
     g.add_argument("--log-every", type=positive_int, default=50, help="log losses every N steps")
     g.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after this many training steps (smoke tests, benchmarks)")
-    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    g.add_argument("--amp", action="store_true",
+                   help="bf16 autocast on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16); ignored elsewhere")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks")
     g.add_argument("--sync-bn", action="store_true", help="under torchrun: use SyncBatchNorm across processes")
     g.add_argument("--track", action="store_true", help="also log to TensorBoard (<out>/tb)")
@@ -244,10 +246,16 @@ def replica_divergence(model, dist):
     return (high - low).max().item()
 
 
+def uses_channels_last(device):
+    """NHWC weights and batches on CUDA (cuDNN) and on the CPU (oneDNN): measured faster for every script on
+    both (bench.py --cpu-checks, README "Performance"); not on MPS."""
+    return torch.device(device).type in ("cuda", "cpu")
+
+
 def prepare_model(model, device):
-    """Move to the device; channels_last on CUDA, where cuDNN's NHWC conv kernels are faster."""
+    """Move to the device, channels_last where uses_channels_last says so."""
     model = model.to(device)
-    if device.type == "cuda":
+    if uses_channels_last(device):
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -262,9 +270,23 @@ def adam(params, lr, betas, device):
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=(device.type == "cuda"))
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16():
+    """True on CPUs whose oneDNN kernels run bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_enabled(device, requested):
+    """--amp takes effect on CUDA and on CPUs with native bf16; elsewhere (MPS, older CPUs) it is a no-op."""
+    return bool(requested) and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()))
+
+
 def autocast(device, enabled):
-    """bf16 autocast on CUDA behind --amp; a no-op elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(enabled and device.type == "cuda"))
+    """bf16 autocast behind --amp (see amp_enabled); BatchNorm and the losses stay fp32 under autocast."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp_enabled(device, enabled))
 
 
 def dcgan_init(module):
@@ -273,7 +295,7 @@ def dcgan_init(module):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+    elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)) and module.affine:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -323,7 +345,7 @@ class DeviceLoader:
         if flip:
             mask = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < 0.5
             images = torch.where(mask, images.flip(3), images)
-        if self.device.type == "cuda":
+        if uses_channels_last(self.device):
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 

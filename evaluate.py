@@ -314,7 +314,7 @@ class InceptionFeatures(nn.Module):
         if pixels.shape[1] == 1:
             pixels = pixels.expand(-1, 3, -1, -1)
         x = (tf_bilinear_resize(pixels, self.size) - 128) / 128
-        if x.device.type in ("cuda", "cpu"):  # cuDNN's and oneDNN's NHWC convolutions are the faster ones
+        if common.uses_channels_last(x.device):  # cuDNN's and oneDNN's NHWC convolutions are the faster ones
             x = x.contiguous(memory_format=torch.channels_last)
         return self.layers(x).flatten(1)
 
@@ -335,7 +335,7 @@ def load_inception(inception_weights=None, device="cpu", size=INCEPTION_SIZE):
         digest = hashlib.sha1(repr(tuple(round(f, 4) for f in fingerprint)).encode()).hexdigest()[:8]
         extractor = InceptionFeatures(state, size, EXTRACTOR_NAME if canonical else f"inception-v3-custom-{digest}")
         extractor = extractor.to(device)
-        if device.type in ("cuda", "cpu"):
+        if common.uses_channels_last(device):
             extractor = extractor.to(memory_format=torch.channels_last)
         _EXTRACTORS[key] = extractor
     return _EXTRACTORS[key]
@@ -1090,7 +1090,7 @@ def extraction_throughput(device="cpu", n_images=500, batch_size=100, inception_
         extractor = load_inception(inception_weights, device, inception_size)
     except common.UserError:
         extractor = InceptionFeatures(random_inception_state_dict(), inception_size, name="random").to(device)
-        if device.type in ("cuda", "cpu"):
+        if common.uses_channels_last(device):
             extractor = extractor.to(memory_format=torch.channels_last)
     images = (benchmark_images(n_images) if images is None else images).to(device)
     extract_features(extractor, images[:batch_size], batch_size)  # warm-up: allocator, cuDNN autotuning

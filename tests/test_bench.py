@@ -99,19 +99,35 @@ def test_baseline_dataset_gives_the_same_floats_as_the_device_loader():
     assert torch.allclose(theirs, ours, atol=1e-6)
 
 
-def test_amp_and_cpu_checks_paths_run_on_cpu_and_leave_common_as_it_was(capsys):
-    autocast = common.autocast
+def test_amp_and_cpu_checks_paths_run_on_cpu_and_restore_the_thread_count(capsys):
     bench.main([*TINY, "--scripts", "dcgan_letters", "--amp", "--extraction-images", "0"])
     output = capsys.readouterr().out
-    assert "--amp is CUDA-only" in output
+    # --amp is bf16 autocast where the CPU has native bf16, and the header says which one this machine got.
+    if common.amp_enabled(torch.device("cpu"), True):
+        assert "bf16 autocast (--amp)" in output
+    else:
+        assert "--amp does nothing on this device" in output
     row(output, "dcgan_letters")
-    # The CPU checks: one thread, NHWC and bf16 autocast on the CPU, on the smallest script; all restored after.
+    # The CPU checks: one thread, NCHW and --amp, on the smallest script; the thread count is restored after.
     threads = torch.get_num_threads()
     loop, info = bench.prepare_script("dcgan_letters", bench.parse_args(TINY), torch.device("cpu"), threads=1,
-                                      channels_last_cpu=True, cpu_bf16=True)
+                                      nchw=True, amp=True)
     assert loop.window(1) > 0
     info["check"]()
-    assert common.autocast is autocast and torch.get_num_threads() == threads
+    assert torch.get_num_threads() == threads
+
+
+def test_scripts_train_in_channels_last_on_the_cpu():
+    """common.prepare_model and DeviceLoader give NHWC weights and batches on the CPU (measured faster)."""
+    import dcgan_cifar
+
+    args = dcgan_cifar.parse_args(["--device", "cpu", "--batch-size", "4"])
+    models, _ = dcgan_cifar.build(args, torch.device("cpu"))
+    conv = next(m for m in models["discriminator"].modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    loader = common.DeviceLoader(bench.benchmark_images(8, 3, 32, seed=0), None, 4, "cpu")
+    images, _ = next(loader.epoch(0))
+    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
 
 
 def test_unknown_script_is_refused_by_argparse(capsys):

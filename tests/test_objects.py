@@ -159,7 +159,7 @@ def tiny_classifier(tmp_path_factory):
 
 @pytest.mark.parametrize("d_cond, loss, extra", [
     ("projection", "hinge", []),
-    ("map", "bce", ["--acgan", "--ema", "0.9"]),
+    ("map", "bce", ["--acgan", "--ema", "0.9", "--g-cond", "concat"]),
     ("channels", "wgan-gp", ["--n-critic", "2", "--no-acgan"]),
     ("projection", "wgan-clip", ["--step-lr", "1"]),
 ])
@@ -178,10 +178,13 @@ def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["script"] == "cgan_objects" and checkpoint["step"] == 3 and checkpoint["finished"]
     assert checkpoint["args"]["d_cond"] == d_cond and checkpoint["args"]["loss"] == loss
+    # conditional BatchNorm in the generator (the default) or the condition only at its input (--g-cond concat)
+    has_cbn = any(k.startswith("norms.0.scale") for k in checkpoint["generator"])
+    assert has_cbn == ("concat" not in extra)
     has_aux_head = any(k.startswith("aux_classifier") for k in checkpoint["discriminator"])
     assert has_aux_head == ("--no-acgan" not in extra)
     if "--ema" in extra:  # grids and scores come from the moving average; the trained weights are kept to resume
-        assert not torch.equal(checkpoint["generator"]["net.0.weight"], checkpoint["generator_trained"]["net.0.weight"])
+        assert not torch.equal(checkpoint["generator"]["convs.0.weight"], checkpoint["generator_trained"]["convs.0.weight"])
     else:
         assert "generator_trained" not in checkpoint
     scores = read_csv(out / "scores.csv")[-1]

@@ -296,16 +296,15 @@ class Generator(nn.Module):
     def __init__(self, nz=100, cond_dim=64, ngf=64, image_size=64, g_cond="concat"):
         super().__init__()
         self.embed = nn.Sequential(nn.Linear(N_OBJECTS, cond_dim), nn.ReLU(True))
-        blocks = {32: 3, 64: 4}[image_size]  # each block doubles the resolution from 4x4
-        width = ngf * 2 ** (blocks - 1)
+        blocks = {32: 3, 64: 4}[image_size]
+        in_width, width = nz + cond_dim, ngf * 2 ** (blocks - 1)
         self.convs, self.norms = nn.ModuleList(), nn.ModuleList()
-        for i in range(blocks):
-            out_width = width if i == 0 else width // 2
-            self.convs.append(nn.ConvTranspose2d(nz + cond_dim, out_width, 4, 1, 0, bias=False) if i == 0
-                              else nn.ConvTranspose2d(width, out_width, 4, 2, 1, bias=False))
-            self.norms.append(ConditionalBatchNorm2d(out_width, cond_dim) if g_cond == "cbn" else nn.BatchNorm2d(out_width))
-            width = out_width
-        self.to_rgb = nn.ConvTranspose2d(width, 3, 4, 2, 1)
+        for i in range(blocks):  # 1x1 -> 4x4, then each block doubles the resolution
+            stride, padding = (1, 0) if i == 0 else (2, 1)
+            self.convs.append(nn.ConvTranspose2d(in_width, width, 4, stride, padding, bias=False))
+            self.norms.append(ConditionalBatchNorm2d(width, cond_dim) if g_cond == "cbn" else nn.BatchNorm2d(width))
+            in_width, width = width, width // 2
+        self.to_rgb = nn.ConvTranspose2d(in_width, 3, 4, 2, 1)
 
     def forward(self, noise, labels):
         cond = self.embed(labels)

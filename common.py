@@ -194,6 +194,10 @@ def cleanup_distributed(dist):
         import torch.distributed as tdist
 
         if tdist.is_initialized():
+            if sys.exc_info()[0] is None:
+                # Every rank got here by finishing: wait for all of them before tearing the group down. With
+                # gloo, a rank that destroys the group while a peer still uses it can abort at exit.
+                tdist.barrier()
             tdist.destroy_process_group()
 
 

@@ -117,6 +117,43 @@ def test_iclevr_score_known_answers():
     assert cgan_objects.iclevr_score(partial[2:], conditions[2:]) == pytest.approx(1 / 3)
 
 
+def test_validation_conditions_are_held_out_and_lab_shaped(shared_data):
+    lab = cgan_objects.read_condition_lists(os.path.join(shared_data, "iclevr"))
+    validation = cgan_objects.validation_conditions(lab)
+    assert validation.shape == (32, 24)
+    assert sorted(validation.sum(1).int().tolist()) == [1] * 3 + [2] * 12 + [3] * 17
+    assert torch.equal(validation, cgan_objects.validation_conditions(lab))  # the same every run
+    scored = {tuple(c.nonzero().flatten().tolist()) for lists in lab.values() for c in lists}
+    chosen = [tuple(c.nonzero().flatten().tolist()) for c in validation]
+    assert len(set(chosen)) == 32 and not set(chosen) & scored
+    # without the exclusion, seed 3 would have drawn some of the lab's conditions: the check above can fail
+    unfiltered = cgan_objects.validation_conditions({})
+    assert {tuple(c.nonzero().flatten().tolist()) for c in unfiltered} & scored
+
+
+# ---------------------------------------------------------------------------
+# DiffAugment translation of what the discriminator sees
+# ---------------------------------------------------------------------------
+def test_translate_shifts_each_picture_with_zero_fill_and_passes_gradients():
+    torch.manual_seed(0)
+    images = (torch.arange(8 * 3 * 16 * 16, dtype=torch.float32).view(8, 3, 16, 16) + 1).requires_grad_(True)
+    shifted = cgan_objects.translate(images, 0.125)  # up to 2 px at 16 px
+    padded = torch.nn.functional.pad(images.detach(), (2, 2, 2, 2))
+    shifts_seen = set()
+    for i in range(len(images)):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.equal(shifted[i].detach(), padded[i, :, 2 + dy:18 + dy, 2 + dx:18 + dx])]
+        assert len(matches) == 1, f"picture {i} is not a shifted copy"
+        shifts_seen.add(matches[0])
+    assert len(shifts_seen) > 1  # a shift per picture, not one for the batch
+    # differentiable: the generator learns through it; each kept pixel passes its gradient back once
+    shifted.sum().backward()
+    assert torch.equal(images.grad.sum(), (shifted != 0).sum().float())
+    assert set(images.grad.unique().tolist()) <= {0.0, 1.0}
+    assert cgan_objects.translate(images, 0.0) is images
+    assert cgan_objects.translate(images, 0.01) is images  # less than half a pixel: no shift
+
+
 # ---------------------------------------------------------------------------
 # Bad input: one clear line each
 # ---------------------------------------------------------------------------
@@ -161,7 +198,7 @@ def tiny_classifier(tmp_path_factory):
     ("projection", "hinge", []),
     ("map", "bce", ["--acgan", "--ema", "0.9", "--g-cond", "concat"]),
     ("channels", "wgan-gp", ["--n-critic", "2", "--no-acgan"]),
-    ("projection", "wgan-clip", ["--step-lr", "1"]),
+    ("projection", "wgan-clip", ["--step-lr", "1", "--translate", "0"]),
 ])
 def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
     out = tmp_path / "run"
@@ -178,6 +215,7 @@ def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["script"] == "cgan_objects" and checkpoint["step"] == 3 and checkpoint["finished"]
     assert checkpoint["args"]["d_cond"] == d_cond and checkpoint["args"]["loss"] == loss
+    assert checkpoint["args"]["translate"] == (0.0 if "--translate" in extra else 0.125)
     # conditional BatchNorm in the generator (the default) or the condition only at its input (--g-cond concat)
     has_cbn = any(k.startswith("norms.0.scale") for k in checkpoint["generator"])
     assert has_cbn == ("concat" not in extra)
@@ -189,6 +227,10 @@ def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
         assert "generator_trained" not in checkpoint
     scores = read_csv(out / "scores.csv")[-1]
     assert 0.0 <= float(scores["test"]) <= 1.0
+    # best.pt is picked on the held-out validation conditions, not on the lists it is scored on
+    best = torch.load(out / "best.pt", weights_only=True)["history"]["best"]
+    assert best["score"] == pytest.approx(float(scores["validation"]), abs=1e-6)
+    assert best["test"] == pytest.approx(float(scores["test"]), abs=1e-6)
     if d_cond == "projection" and loss == "hinge":
         # the checkpoint, scored again from outside, gives the numbers the run logged
         generator = cgan_objects.build_generator(checkpoint["args"])

@@ -117,18 +117,23 @@ def test_iclevr_score_known_answers():
     assert cgan_objects.iclevr_score(partial[2:], conditions[2:]) == pytest.approx(1 / 3)
 
 
-def test_validation_conditions_are_held_out_and_lab_shaped(shared_data):
-    lab = cgan_objects.read_condition_lists(os.path.join(shared_data, "iclevr"))
-    validation = cgan_objects.validation_conditions(lab)
+def as_object_sets(conditions):
+    return [tuple(c.nonzero().flatten().tolist()) for c in conditions]
+
+
+def test_validation_conditions_are_held_out_and_lab_shaped():
+    unfiltered = cgan_objects.validation_conditions({})
+    scored = {"test": unfiltered[::4]}  # a scored list that holds 8 of the conditions seed 3 draws first
+    validation = cgan_objects.validation_conditions(scored)
     assert validation.shape == (32, 24)
     assert sorted(validation.sum(1).int().tolist()) == [1] * 3 + [2] * 12 + [3] * 17
-    assert torch.equal(validation, cgan_objects.validation_conditions(lab))  # the same every run
-    scored = {tuple(c.nonzero().flatten().tolist()) for lists in lab.values() for c in lists}
-    chosen = [tuple(c.nonzero().flatten().tolist()) for c in validation]
-    assert len(set(chosen)) == 32 and not set(chosen) & scored
-    # without the exclusion, seed 3 would have drawn some of the lab's conditions: the check above can fail
-    unfiltered = cgan_objects.validation_conditions({})
-    assert {tuple(c.nonzero().flatten().tolist()) for c in unfiltered} & scored
+    assert torch.equal(validation, cgan_objects.validation_conditions(scored))  # the same every run
+    chosen = as_object_sets(validation)
+    assert len(set(chosen)) == 32 and not set(chosen) & set(as_object_sets(scored["test"]))
+    # the lists a run scores (the lab's when ../shared/data is there, else synthetic ones): none of them either
+    lists, _ = cgan_objects.find_condition_lists()
+    chosen = as_object_sets(cgan_objects.validation_conditions(lists))
+    assert not set(chosen) & {c for conditions in lists.values() for c in as_object_sets(conditions)}
 
 
 # ---------------------------------------------------------------------------

@@ -780,6 +780,8 @@ def train(args):
             schedulers[key].load_state_dict(checkpoint["schedulers"][key])
         epoch, batch_in_epoch, step = checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["step"]
         history = checkpoint["history"]
+        if history["best"] and "test" not in history["best"]:  # picked on the scored lists (older runs): pick anew
+            history["best"] = None
         meter.load_state_dict(checkpoint["meter"], device)
         common.set_rng_state(checkpoint["rng"])
         if batch_in_epoch >= len(loader):  # a different batch size or process count: start the next epoch

@@ -248,6 +248,20 @@ def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
         assert again["classifier_ceiling"] == held_out["scenes at 32 px, upsampled"]
 
 
+def test_resume_of_a_run_whose_best_was_picked_on_the_scored_lists(tmp_path, tiny_classifier):
+    """Runs saved before best.pt was picked on the validation conditions: the old pick is dropped, not compared."""
+    out = tmp_path / "run"
+    argv = ["--classifier", tiny_classifier, "--out", str(out), *TINY]
+    cgan_objects.main([*argv, "--epochs", "1"])
+    checkpoint = torch.load(out / "last.pt", weights_only=True)
+    checkpoint["history"]["best"] = {"score": 2.0, "epoch": 1, "step": 4}  # the old record: no test/new_test
+    common.save_checkpoint(str(out / "last.pt"), checkpoint)
+    cgan_objects.main([*argv, "--epochs", "2", "--resume", "auto"])
+    best = torch.load(out / "best.pt", weights_only=True)["history"]["best"]
+    validation = float(read_csv(out / "scores.csv")[-1]["validation"])
+    assert best["epoch"] == 2 and best["score"] == pytest.approx(validation, abs=1e-6)
+
+
 def test_evaluate_py_scores_a_checkpoint(tmp_path, tiny_classifier):
     if not os.path.exists(os.path.join(REPO, "evaluate.py")):
         pytest.skip("evaluate.py is not there yet")

@@ -7,19 +7,24 @@ loss plots, the progress bar, interruption handling and a training-health
 monitor. Models, losses and training loops stay in the scripts themselves.
 """
 
+import contextlib
 import csv
 import datetime
 import errno
 import functools
+import io
 import json
 import math
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import time
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -36,19 +41,42 @@ class UserError(Exception):
     """A problem with the user's input (arguments, files, data). main() prints it as one line."""
 
 
+def first_line(error):
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def run_main(main_fn, argv=None):
-    """Run a script's main() and turn UserError into `error: ...` on stderr with exit status 2."""
+    """Run a script's main() and turn the errors a user can cause into one `error: ...` line on stderr."""
+    signal.signal(signal.SIGTERM, _terminate_during_start_up)  # GracefulExit takes over once training runs
     try:
         return main_fn(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except OSError as e:  # a full disk or lost permissions mid-run: last.pt is intact (atomic saves), say so
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise
-        print(f"error: {e.strerror}: {e.filename or ''} (the previous last.pt is intact; free space, then "
-              f"--resume auto)", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted before training started (nothing was written)", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        print(f"error: out of memory ({first_line(e)}): lower --batch-size, the model widths (--ngf, --ndf), --nz "
+              f"or the number of images asked for", file=sys.stderr)
         raise SystemExit(1) from None
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
+            raise
+        print(f"error: out of memory ({first_line(e)}): lower --batch-size, the model widths (--ngf, --ndf), --nz "
+              f"or the number of images asked for", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as e:  # lost permissions or a full disk outside a checkpoint save (save_checkpoint says its own)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR):
+            raise
+        print(f"error: cannot write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _terminate_during_start_up(signum, frame):
+    raise KeyboardInterrupt
 
 
 # argparse types: invalid values fail inside argparse with one line.
@@ -74,8 +102,17 @@ def non_negative_float(text):
 
 
 def unit_interval(text):
+    """[0, 1): decays and Adam's betas (beta = 1 never forgets, and Adam divides by 1 - beta)."""
     value = float(text)
     if not 0.0 <= value < 1.0:
+        raise ValueError(text)
+    return value
+
+
+def seed(text):
+    """A seed every generator accepts (torch takes 64 bits, numpy 32: numpy gets it modulo 2**32)."""
+    value = int(text)
+    if not 0 <= value < 2**63:
         raise ValueError(text)
     return value
 
@@ -84,43 +121,12 @@ positive_int.__name__ = "positive integer"
 positive_float.__name__ = "positive number"
 non_negative_float.__name__ = "non-negative number"
 unit_interval.__name__ = "number in [0, 1)"
+seed.__name__ = "seed in [0, 2**63)"
 
 
-def add_common_args(parser, *, epochs, batch_size, lr, image_size, sample_every=10, save_every=10):
-    """The flags every script shares (DESIGN.md), with per-script defaults."""
-    g = parser.add_argument_group("common options")
-    g.add_argument("--data-dir", default="data", help="where real datasets are read from / downloaded to")
-    g.add_argument("--epochs", type=positive_int, default=epochs, help="number of passes over the training set")
-    g.add_argument("--batch-size", type=positive_int, default=batch_size,
-                   help="images per step per process (global batch = batch size x processes)")
-    if lr is not None:  # scripts with --lr-g/--lr-d or several learning rates define their own
-        g.add_argument("--lr", type=positive_float, default=lr, help="Adam learning rate of both networks")
-    g.add_argument("--beta1", type=non_negative_float, default=0.5, help="Adam beta1 (DCGAN: 0.5)")
-    g.add_argument("--beta2", type=non_negative_float, default=0.999, help="Adam beta2")
-    g.add_argument("--nz", type=positive_int, default=100, help="size of the generator's noise vector")
-    g.add_argument("--image-size", type=positive_int, default=image_size, help="image height and width in pixels")
-    g.add_argument("--seed", type=int, default=0, help="random seed (data, init, noise)")
-    g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    g.add_argument("--out", default=None, help="run folder (default runs/<script>-<time>)")
-    g.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' for <out>/last.pt")
-    g.add_argument("--sample-every", type=positive_int, default=sample_every,
-                   help="save a fixed-noise sample grid every N epochs (and the first and last)")
-    g.add_argument("--save-every", type=positive_int, default=save_every,
-                   help="keep a checkpoint epoch_NNN.pt every N epochs (last.pt is always updated)")
-    g.add_argument("--log-every", type=positive_int, default=50, help="log losses every N steps")
-    g.add_argument("--max-steps", type=positive_int, default=None,
-                   help="stop after this many training steps (smoke tests, benchmarks)")
-    g.add_argument("--amp", action="store_true",
-                   help="bf16 autocast on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16); ignored elsewhere")
-    g.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    g.add_argument("--sync-bn", action="store_true", help="under torchrun: use SyncBatchNorm across processes")
-    g.add_argument("--track", action="store_true", help="also log to TensorBoard (<out>/tb)")
-    g.add_argument("--deterministic", action="store_true",
-                   help="deterministic kernels (bit-exact resume on CPU; slower on CUDA)")
-    g.add_argument("--skip-nonfinite", action="store_true",
-                   help="skip a step whose loss is NaN/inf instead of stopping the run")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in batch jobs)")
-    return parser
+def script_name(file):
+    """The script's name from its file, so that a copy (my_gan.py) writes checkpoints of its own name."""
+    return os.path.splitext(os.path.basename(file))[0]
 
 
 # ---------------------------------------------------------------------------
@@ -136,7 +142,9 @@ def pick_device(name="auto"):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown --device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown --device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for CUDA, but torch sees no CUDA GPU here")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -189,16 +197,16 @@ def setup_distributed(device_name="auto"):
     return Dist(rank, world_size, local_rank, device)
 
 
-def cleanup_distributed(dist):
-    if dist.enabled:
-        import torch.distributed as tdist
+def cleanup_distributed():
+    """Leave the process group, if this process joined one (call in a `finally`)."""
+    import torch.distributed as tdist
 
-        if tdist.is_initialized():
-            if sys.exc_info()[0] is None:
-                # Every rank got here by finishing: wait for all of them before tearing the group down. With
-                # gloo, a rank that destroys the group while a peer still uses it can abort at exit.
-                tdist.barrier()
-            tdist.destroy_process_group()
+    if tdist.is_available() and tdist.is_initialized():
+        if sys.exc_info()[0] is None:
+            # Every rank got here by finishing: wait for all of them before tearing the group down. With
+            # gloo, a rank that destroys the group while a peer still uses it can abort at exit.
+            tdist.barrier()
+        tdist.destroy_process_group()
 
 
 def wrap_ddp(model, dist, sync_bn=False):
@@ -224,16 +232,6 @@ def unwrap(model):
     model = getattr(model, "_orig_mod", model)
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
-
-
-def all_reduce_mean(tensor, dist):
-    if dist.enabled:
-        import torch.distributed as tdist
-
-        tensor = tensor.clone()
-        tdist.all_reduce(tensor)
-        tensor /= dist.world_size
-    return tensor
 
 
 def replica_divergence(model, dist):
@@ -310,10 +308,10 @@ def dcgan_init(module):
 class DeviceLoader:
     """Batches drawn by index from a uint8 tensor that lives on the training device.
 
-    No DataLoader workers and no PIL in the loop: a batch is an index_select plus a
-    float conversion on the device. The shuffle order of epoch e depends only on
-    (seed, e), so a run resumed mid-epoch sees exactly the batches it would have
-    seen. Under DDP every rank takes a disjoint slice of the same permutation.
+    No DataLoader workers and no PIL in the loop: a batch is an index_select plus a float conversion on the
+    device. `batch(step)` depends only on (seed, step): the shuffle order of an epoch comes from (seed, epoch),
+    so a run resumed at any step sees exactly the batches it would have seen. Under DDP every rank takes a
+    disjoint slice of the same permutation.
     """
 
     def __init__(self, images, labels=None, batch_size=64, device="cpu", seed=0, flip=False,
@@ -329,18 +327,20 @@ class DeviceLoader:
         self.batch_size, self.device, self.seed, self.flip = batch_size, torch.device(device), seed, flip
         self.rank, self.world_size, self.normalize = rank, world_size, normalize
         self.steps_per_epoch = per_rank // batch_size  # drop_last: fixed shapes for BN and torch.compile
+        self._order_epoch, self._order = None, None
 
     def __len__(self):
         return self.steps_per_epoch
 
-    def epoch(self, epoch, start_batch=0):
-        """Yield (images, labels) for one epoch, skipping the first `start_batch` batches."""
-        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-        order = order[self.rank::self.world_size].to(self.device)
-        for b in range(start_batch, self.steps_per_epoch):
-            index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            images = self.images.index_select(0, index)
-            yield self.to_float(images, flip=self.flip), (None if self.labels is None else self.labels.index_select(0, index))
+    def batch(self, step):
+        """(images in [-1, 1] as float, labels or None) of training step `step`."""
+        epoch, index_in_epoch = divmod(step, self.steps_per_epoch)
+        if epoch != self._order_epoch:
+            order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+            self._order, self._order_epoch = order[self.rank::self.world_size].to(self.device), epoch
+        index = self._order[index_in_epoch * self.batch_size:(index_in_epoch + 1) * self.batch_size]
+        labels = None if self.labels is None else self.labels.index_select(0, index)
+        return self.to_float(self.images.index_select(0, index), flip=self.flip), labels
 
     def to_float(self, images, flip=False):
         images = images.float().div_(255)
@@ -373,7 +373,62 @@ def to_uint8_images(images, image_size, channels):
 
 
 # ---------------------------------------------------------------------------
-# Run folder, config, logging
+# Image files: listing and decoding with clear errors
+# ---------------------------------------------------------------------------
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+MAX_IMAGE_PIXELS = 4096 * 4096  # far above any GAN training image; bigger is refused (decompression bombs)
+
+
+def list_image_files(root, extensions=IMAGE_EXTENSIONS):
+    """Every image file under `root` (searched recursively, symlinks followed), each file once, sorted.
+    A folder reached twice (a symlink loop, or two links to one folder) is read once, not forever."""
+    if not os.path.isdir(root):
+        raise UserError(f"image folder not found: {root}")
+    by_target, seen_folders = {}, set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_folders:
+            subfolders[:] = []
+            continue
+        seen_folders.add(real)
+        subfolders.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if name.lower().endswith(extensions) and os.path.isfile(path):
+                by_target.setdefault(os.path.realpath(path), path)
+    if not by_target:
+        raise UserError(f"no images ({', '.join(extensions)}) found under {root}")
+    return sorted(by_target.values())
+
+
+def read_image(path, mode="RGB"):
+    """Decode an image file to a PIL image in `mode` ("RGB" or "L"). 16-bit and float images are scaled to
+    8 bits (PIL's convert() clips them: a 16-bit PNG would load as white); huge images are refused."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise UserError(f"cannot read image {path}: {im.width}x{im.height} pixels is too large "
+                                    f"(more than {MAX_IMAGE_PIXELS:,}; a decompression bomb?)")
+                if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+                    values = np.asarray(im, dtype=np.float64)
+                    if im.mode == "F":
+                        top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+                    else:
+                        top = 65535.0 if im.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+                    im = Image.fromarray(np.clip(values / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+                return im.convert(mode)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for broken files
+        raise UserError(f"cannot read image {path}: {first_line(e)}") from None
+
+
+# ---------------------------------------------------------------------------
+# Run folder: one run per folder, nothing written before every check, config, output paths
 # ---------------------------------------------------------------------------
 def default_run_dir(script):
     return os.path.join("runs", f"{script}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
@@ -388,22 +443,48 @@ def git_commit():
         return None
 
 
-def prepare_run_dir(out, resume=False):
-    """Create the run folder and check it is writable *before* any training starts."""
+def claim_run_folder(out, resume=False):
+    """Create the run folder, check it is writable and lock it for this process (call after every other check).
+
+    The lock is an flock on <out>/.lock: a second run on the same folder is refused, and a killed run's lock
+    goes with its process, so it never stays stuck. Returns the open lock file (keep it until the run ends)."""
+    import fcntl
+
     try:
         os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        lock = open(os.path.join(out, ".lock"), "a+")
     except OSError as e:
         raise UserError(f"cannot write to the run folder {out!r}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise UserError(f"another run is using {out} right now: wait for it to end, or pass another --out") from None
+    if not os.access(out, os.W_OK):
+        lock.close()
+        raise UserError(f"cannot write to the run folder {out!r}: permission denied")
     if not resume and os.path.exists(os.path.join(out, "last.pt")):
+        lock.close()
         raise UserError(f"{out} already holds a run (last.pt): pass --resume auto to continue it, or another --out")
-    return out
+    return lock
+
+
+def check_output_path(path, what="output"):
+    """Refuse an output path that is not a regular file or a new file (a device, a folder, a symlink), or whose
+    folder cannot be written: atomic writes rename over the path, and this is checked before any work."""
+    if os.path.islink(path) or (os.path.exists(path) and not os.path.isfile(path)):
+        raise UserError(f"{what} {path} exists and is not a regular file: pass a new file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"cannot write {what} {path}: {existing} is not writable")
+    return path
 
 
 def write_config(out, args, script, device, extra=None):
+    """config.json of a new run (a resumed run keeps the one of its start)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:  # the version from package metadata: importing torchvision costs seconds at every start
@@ -433,71 +514,139 @@ def plain_args(args):
     return out
 
 
-class CSVLogger:
-    """log.csv with a fixed header; optional TensorBoard mirror. On resume, rows past `resume_step` are dropped
-    so a resumed run's log is the same as an uninterrupted one."""
+def read_log_rows(path, last_step):
+    """The rows of an existing log.csv up to `last_step`, and its columns. A torn file (NUL bytes after a power cut,
+    rows merged by a crash mid-write) loses only its damaged rows."""
+    with open(path, "rb") as f:
+        text = f.read().replace(b"\0", b"").decode("utf-8", errors="replace")
+    reader = csv.DictReader(io.StringIO(text))
+    rows = []
+    for row in reader:
+        try:
+            ok = None not in row and None not in row.values() and int(row["step"]) <= last_step
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if ok:
+            rows.append(row)
+    return rows, list(reader.fieldnames or [])
 
-    def __init__(self, path, fields, resume_step=None, tensorboard_dir=None):
-        self.path, self.fields = path, list(fields)
-        if resume_step is not None and os.path.exists(path):
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-            with open(f"{path}.tmp", "w", newline="") as f:  # atomic: a kill now must not lose the log
-                w = csv.DictWriter(f, self.fields, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
-            os.replace(f"{path}.tmp", path)
-        else:
-            with open(path, "w", newline="") as f:
-                csv.DictWriter(f, self.fields).writeheader()
-        self.tb = None
-        if tensorboard_dir:
+
+class TrainLog:
+    """log.csv, TensorBoard, the progress bar and the loss history kept in checkpoints, for whatever values
+    train_step returns.
+
+    add(values) every step: values are summed on the device and read once every --log-every steps (one host
+    sync), then checked for NaN, watched by the health monitor, written as a log.csv row with images/s and
+    training minutes, and shown on the progress bar. record(step, epoch, fid=...) logs scores. Every rank keeps
+    the same numbers (each checks its losses), only the master writes."""
+
+    def __init__(self, out, args, dist, total_steps, step=0, state=None, desc="train"):
+        self.log_every, self.skip_nonfinite = args.log_every, args.skip_nonfinite
+        self.images_per_step = args.batch_size * dist.world_size
+        self.master = dist.is_master
+        self.path = os.path.join(out, "log.csv")
+        state = state or {}
+        self.history = state.get("history", {"step": [], "scores": {}})
+        meter = state.get("meter", {"sums": {}, "count": 0})
+        self.sums = {k: v.to(dist.device) for k, v in meter["sums"].items()}
+        self.count = meter["count"]
+        self.elapsed_before = state.get("elapsed_s", 0.0)  # training seconds of earlier processes of this run
+        self.started = self.interval_start = time.perf_counter()
+        self.interval_steps = 0
+        self.monitor = HealthMonitor(enabled=self.master)
+        self.fields, self.tb, self.bar = ["step", "epoch"], None, None
+        if not self.master:
+            return
+        if args.track:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise UserError("--track needs TensorBoard: pip install tensorboard") from None
-            self.tb = SummaryWriter(tensorboard_dir)
+            self.tb = SummaryWriter(os.path.join(out, "tb"))
+        rows = []
+        if state and os.path.exists(self.path):  # resumed: drop rows past the checkpoint (they will be redone)
+            rows, fields = read_log_rows(self.path, step)
+            self.fields = fields or self.fields
+        self._rewrite(rows)
+        self.bar = progress_bar(total_steps, initial=step, desc=desc, disable=args.no_progress)
 
-    def log(self, row):
+    def minutes(self):
+        """Minutes of training in this run so far, over all its processes (--max-minutes)."""
+        return (self.elapsed_before + time.perf_counter() - self.started) / 60
+
+    def add(self, values, step, epoch):
+        """Values of one training step (tensors); logs every log_every steps."""
+        for k, v in values.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += 1
+        self.interval_steps += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if step % self.log_every == 0:
+            self.flush(step, epoch)
+
+    def flush(self, step, epoch):
+        """Log the steps added since the last row (also at an epoch's end and when a run stops)."""
+        if not self.count:
+            return
+        keys = list(self.sums)
+        means = dict(zip(keys, (torch.stack([self.sums[k] for k in keys]) / self.count).tolist()))  # the one sync
+        self.sums, self.count = {}, 0
+        check_finite(means, step, self.skip_nonfinite)
+        self.monitor.update(means, step)
+        self.history["step"].append(step)
+        for k, v in means.items():
+            self.history.setdefault(k, []).append(v)
+        seconds = max(time.perf_counter() - self.interval_start, 1e-9)
+        images_per_s = self.interval_steps * self.images_per_step / seconds
+        self.interval_start, self.interval_steps = time.perf_counter(), 0
+        self._write({"step": step, "epoch": epoch, **means, "images_per_s": images_per_s, "minutes": self.minutes()})
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in list(means.items())[:3]} | {"img/s": f"{images_per_s:.0f}"},
+                                 refresh=False)
+
+    def record(self, step, epoch, **scores):
+        """Log scores (FID, accuracy, ...) of the generator at this step; kept in history["scores"]."""
+        table = self.history.setdefault("scores", {})
+        for k, v in {"step": step, "epoch": epoch, **scores}.items():
+            table.setdefault(k, []).append(v)
+        self._write({"step": step, "epoch": epoch, **scores, "minutes": self.minutes()})
+        if self.bar is not None:
+            self.bar.write(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()), file=sys.stderr)
+
+    def _write(self, row):
+        if not self.master:
+            return
+        if set(row) - set(self.fields):  # a new column: rewrite the file with the wider header
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.fields += [k for k in row if k not in self.fields]
+            self._rewrite(rows)
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            csv.DictWriter(f, self.fields).writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         if self.tb is not None:
             for k, v in row.items():
                 if k not in ("step", "epoch") and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, row["step"])
 
-    def close(self):
-        if self.tb is not None:
-            self.tb.close()
-
-
-class LossMeter:
-    """Sums step losses on the device; one host sync per log interval instead of one `.item()` per step."""
-
-    def __init__(self):
-        self.sums, self.count = {}, 0
-
-    def add(self, values):
-        for k, v in values.items():
-            v = v.detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
-        self.count += 1
-
-    def means(self):
-        if not self.count:
-            return {}
-        keys = list(self.sums)
-        values = (torch.stack([self.sums[k] for k in keys]) / self.count).tolist()  # the one sync
-        self.sums, self.count = {}, 0
-        return dict(zip(keys, values))
+    def _rewrite(self, rows):
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, self.fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buffer.getvalue())  # a kill now must not lose the log
 
     def state_dict(self):
-        return {"sums": dict(self.sums), "count": self.count}
+        """What a checkpoint keeps to resume the log exactly."""
+        return {"history": self.history, "meter": {"sums": dict(self.sums), "count": self.count},
+                "elapsed_s": self.minutes() * 60}
 
-    def load_state_dict(self, state, device):
-        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
-        self.count = state["count"]
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 # ---------------------------------------------------------------------------
@@ -505,39 +654,78 @@ class LossMeter:
 # ---------------------------------------------------------------------------
 def atomic_write_text(path, text):
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def save_checkpoint(path, checkpoint):
-    """torch.save to path.tmp, fsync, rename: a crash at any moment leaves the old file or the new one."""
+    """torch.save to path.tmp, fsync, rename: a crash at any moment leaves the old file or the new one. A full
+    disk is one clear error and leaves no .tmp behind."""
+    check_output_path(path, "checkpoint")
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as a RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        raise UserError(f"cannot write {path} ({first_line(e)}; {free / 2**20:.1f} MiB free on its disk): the "
+                        f"previous {os.path.basename(path)} is intact; free space, then --resume auto") from None
+    with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError:
-        pass
 
 
-def load_checkpoint(path, script=None, map_location="cpu"):
-    """Load a checkpoint with weights_only=True (no code runs); refuse foreign, corrupt or unsafe files."""
+def describe_file(path):
+    """What a file that is not a checkpoint looks like, for error messages."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "is empty"
+    if head.startswith(b"PK"):
+        return "is truncated or damaged (an interrupted copy or save?)"
+    for magic, kind in ((b"\x89PNG", "a PNG image"), (b"\xff\xd8", "a JPEG image"), (b"GIF8", "a GIF image"),
+                        (b"{", "a JSON or text file"), (b"[", "a JSON or text file")):
+        if head.startswith(magic):
+            return f"is {kind}, not a checkpoint"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "is a text file, not a checkpoint"
+    return "is not a checkpoint (not a file torch.save wrote)"
+
+
+TRAINING_KEYS = ("args", "step", "generator", "optimizers", "rng", "history")
+
+
+def load_checkpoint(path, script=None, map_location="cpu", required=("args", "generator")):
+    """Load a checkpoint with weights_only=True (no code runs); refuse foreign, corrupt, unsafe or incomplete files
+    with one line that says which. `required`: the entries the caller needs (TRAINING_KEYS to resume)."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder: pass a checkpoint file (its last.pt, best.pt or epoch_NNN.pt)")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        raise UserError(f"cannot load checkpoint {path}: it {describe_file(path)}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means: not a checkpoint we can trust
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = f"it is damaged ({first_line(e)})"
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             reason = "it contains Python objects that could run code when loaded (refused, nothing was run)"
         raise UserError(f"cannot load checkpoint {path}: {reason}") from None
@@ -545,7 +733,95 @@ def load_checkpoint(path, script=None, map_location="cpu"):
         raise UserError(f"{path} is not a gan-scripts checkpoint (format {CHECKPOINT_FORMAT})")
     if script is not None and checkpoint["script"] != script:
         raise UserError(f"{path} was written by {checkpoint['script']}.py, not {script}.py")
+    kinds = {"args": dict, "generator": dict, "optimizers": dict, "rng": dict, "history": dict, "step": int}
+    for key in required:
+        if key not in checkpoint:
+            raise UserError(f"{path} is incomplete: it has no {key!r}")
+        if key in kinds and not isinstance(checkpoint[key], kinds[key]):
+            raise UserError(f"{path} is damaged: its {key!r} is a {type(checkpoint[key]).__name__}, not a "
+                            f"{kinds[key].__name__}")
+    if "step" in required and checkpoint["step"] < 0:
+        raise UserError(f"{path} is damaged: negative step {checkpoint['step']}")
     return checkpoint
+
+
+def find_resume_checkpoint(resume, out, script, map_location="cpu"):
+    """--resume auto -> <out>/last.pt when there is one (else None: a new run); --resume PATH -> PATH.
+    The checkpoint is loaded and checked here, before anything is written."""
+    if resume is None:
+        return None, None
+    path = os.path.join(out, "last.pt") if resume == "auto" else resume
+    if resume == "auto" and not os.path.exists(path):
+        return None, None
+    return load_checkpoint(path, script, map_location, required=TRAINING_KEYS), path
+
+
+# Settings that may change when a run is resumed: its budget, where and how often it writes, how it runs.
+# Every other setting (model shapes, data, losses, learning rates) is the run's own and comes from the checkpoint.
+RUNTIME_SETTINGS = {"epochs", "max_steps", "max_minutes", "out", "resume", "device", "data_dir", "log_every",
+                    "sample_every", "save_every", "eval_every", "fid_samples", "inception_weights", "no_progress",
+                    "track", "skip_nonfinite", "compile", "amp", "deterministic", "sync_bn"}
+
+
+def settings_from_checkpoint(args, checkpoint, defaults, path):
+    """A resumed run keeps the settings it started with: those left at their default come from the checkpoint,
+    one typed with another value is refused (one line), RUNTIME_SETTINGS may change. `defaults`: parse_args([])."""
+    saved = checkpoint["args"]
+    for key, value in vars(args).items():
+        if key in RUNTIME_SETTINGS or key not in saved:
+            continue
+        wanted = list(value) if isinstance(value, tuple) else value
+        if wanted == saved[key] or (isinstance(value, (int, float)) and isinstance(saved[key], (int, float))
+                                    and not isinstance(value, bool) and value == saved[key]):
+            continue
+        default = getattr(defaults, key, None)
+        if wanted != (list(default) if isinstance(default, tuple) else default):
+            raise UserError(f"--{key.replace('_', '-')} {value} differs from {saved[key]} in {path}: a resumed run "
+                            f"keeps its settings (start a new run with another --out to change it)")
+        setattr(args, key, saved[key])
+    return args
+
+
+def load_weights(module, state, path):
+    """module.load_state_dict(state), with a mismatch (other --ngf, --nz, ...) as one clear line."""
+    try:
+        unwrap(module).load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise UserError(f"{path} does not fit this model ({type(e).__name__}: {first_line(e)[:200]})") from None
+    return module
+
+
+def say_finished(path, step, master=True):
+    """A resumed run that has nothing left to do says so (and how to extend it) instead of training a step."""
+    if master:
+        print(f"{path}: this run is finished (step {step}); to train further, resume with a larger --epochs, "
+              f"--max-steps or --max-minutes", file=sys.stderr)
+
+
+@torch.no_grad()
+def update_ema(ema_model, model, decay, step):
+    """ema <- decay * ema + (1 - decay) * weights. The decay warms up as (1 + step) / (10 + step), so a short
+    run's average is not stuck near the random initial weights. Buffers (BN statistics) are copied."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for ema_param, param in zip(ema_model.parameters(), model.parameters()):
+        ema_param.lerp_(param.detach(), 1 - decay)
+    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+def restore_training_state(checkpoint, path, modules, optimizers, schedulers=None):
+    """Load weights, optimizer, scheduler and random states from a checkpoint; a mismatch is one clear line."""
+    try:
+        for name, module in modules.items():
+            unwrap(module).load_state_dict(checkpoint[name])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(checkpoint["optimizers"][name])
+        for name, scheduler in (schedulers or {}).items():
+            scheduler.load_state_dict(checkpoint["schedulers"][name])
+        set_rng_state(checkpoint["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise UserError(f"{path} does not fit this model and run ({type(e).__name__}: {first_line(e)[:200]}): "
+                        f"resume with the script and settings that wrote it") from None
 
 
 def rng_state():
@@ -568,16 +844,6 @@ def set_rng_state(state):
     random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def resolve_resume(resume, out):
-    """--resume auto -> <out>/last.pt if it exists (else start fresh); --resume PATH -> PATH."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        path = os.path.join(out, "last.pt")
-        return path if os.path.exists(path) else None
-    return resume
 
 
 # ---------------------------------------------------------------------------
@@ -638,16 +904,18 @@ def optimizer_step(optimizer, loss, skip_nonfinite):
     return True
 
 
-def stop_requested(stop, dist):
-    """True when a signal asked to stop; under DDP every rank agrees (one tiny all-reduce), so none hangs."""
-    flag = bool(stop)
-    if dist.enabled:
-        import torch.distributed as tdist
+def stop_requested(flag, dist, step, every):
+    """True when `flag` (a signal came, the time budget is spent) holds. Under DDP it is checked every `every`
+    steps with one tiny all-reduce, so that all processes stop at the same step and none waits for the others."""
+    if not dist.enabled:
+        return bool(flag)
+    if step % every:
+        return False
+    import torch.distributed as tdist
 
-        t = torch.tensor([float(flag)], device=dist.device)
-        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        flag = t.item() > 0
-    return flag
+    t = torch.tensor([float(bool(flag))], device=dist.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return t.item() > 0
 
 
 # ---------------------------------------------------------------------------
@@ -676,8 +944,9 @@ def image_grid(images, nrow, padding=2, pad_value=255):
     return grid.permute(1, 2, 0).numpy()
 
 
-def save_grid(images, path, nrow=8, row_labels=None, normalized=True, scale=None):
-    """Save a sample grid as PNG. `row_labels` writes a name left of each row (class-conditional grids)."""
+def save_grid(images, path, nrow=8, row_labels=None, normalized=True, scale=None, title=None, captions=None):
+    """Save a sample grid as PNG. `row_labels`: a name left of each row (class-conditional grids); `title`: a line
+    above the grid (the epoch); `captions`: a short text under each picture (the condition it was drawn for)."""
     from PIL import Image, ImageDraw
 
     grid = image_grid(to_image_uint8(images, normalized), nrow)
@@ -686,6 +955,21 @@ def save_grid(images, path, nrow=8, row_labels=None, normalized=True, scale=None
     scale = scale or max(1, 128 // h) if h < 64 else (scale or 1)
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    cell = picture.width / nrow
+    if captions:  # a strip of text under every row of pictures
+        rows = math.ceil(len(images) / nrow)
+        lines = max(len(str(c).split("\n")) for c in captions)
+        strip, tile = 11 * lines + 2, picture.height / rows
+        canvas = Image.new("RGB", (picture.width, picture.height + rows * strip), "white")
+        draw = ImageDraw.Draw(canvas)
+        for r in range(rows):
+            canvas.paste(picture.crop((0, round(r * tile), picture.width, round((r + 1) * tile))),
+                         (0, round(r * (tile + strip))))
+        for i, caption in enumerate(captions[:len(images)]):
+            r, c = divmod(i, nrow)
+            draw.multiline_text((c * cell + 3, round((r + 1) * tile + r * strip)), str(caption), fill="black",
+                                spacing=1)
+        picture = canvas
     if row_labels:
         margin = 8 + 7 * max(len(str(s)) for s in row_labels)
         canvas = Image.new("RGB", (picture.width + margin, picture.height), "white")
@@ -695,11 +979,39 @@ def save_grid(images, path, nrow=8, row_labels=None, normalized=True, scale=None
         for r, label in enumerate(row_labels):
             draw.text((4, int(r * row_height + row_height / 2 - 5)), str(label), fill="black")
         picture = canvas
+    if title:
+        canvas = Image.new("RGB", (picture.width, picture.height + 16), "white")
+        canvas.paste(picture, (0, 16))
+        ImageDraw.Draw(canvas).text((4, 2), str(title), fill="black")
+        picture = canvas
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp.png"
     picture.save(tmp)
     os.replace(tmp, path)
     return path
+
+
+def save_pngs(images, folder, normalized=True):
+    """One PNG per image (000000.png, ...): the layout FID tools and evaluate.py folder: read."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    pixels = to_image_uint8(images, normalized).permute(0, 2, 3, 1).numpy()
+    for i, array in enumerate(pixels):
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(os.path.join(folder, f"{i:06d}.png"))
+    return folder
+
+
+def interpolation_noise(rows, steps, nz, seed):
+    """Noise for a latent interpolation sheet: each of `rows` rows walks in `steps` steps from one random noise
+    vector to another along the great circle (slerp: every point has the norm typical of Gaussian noise)."""
+    generator = torch.Generator().manual_seed(seed)
+    start, end = torch.randn(rows, nz, generator=generator), torch.randn(rows, nz, generator=generator)
+    angle = torch.acos((F.normalize(start, dim=1) * F.normalize(end, dim=1)).sum(1).clamp(-1, 1)).unsqueeze(1)
+    t = torch.linspace(0, 1, steps).view(1, steps, 1)
+    angle, start, end = angle.unsqueeze(1), start.unsqueeze(1), end.unsqueeze(1)
+    noise = (torch.sin((1 - t) * angle) * start + torch.sin(t * angle) * end) / torch.sin(angle).clamp_min(1e-6)
+    return noise.reshape(rows * steps, nz, 1, 1)
 
 
 def save_gif(frame_paths, path, duration_ms=400):
@@ -740,9 +1052,33 @@ def plot_curves(series, path, title="losses", xlabel="step", ylabel="loss"):
     return path
 
 
-def plot_losses(history, path, keys=("loss_d", "loss_g"), title="losses"):
-    """history: {"step": [...], key: [...]} as kept in the checkpoint."""
-    return plot_curves({k: (history["step"], history[k]) for k in keys if k in history}, path, title=title)
+def plot_losses(history, path, title="losses"):
+    """Every series of a TrainLog history against step: the losses in one panel, the rest (D outputs, accuracies)
+    in a second, whatever train_step returned."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in history if k not in ("step", "scores") and len(history[k]) == len(history["step"])]
+    panels = [[k for k in keys if k.startswith("loss")], [k for k in keys if not k.startswith("loss")]]
+    panels = [p for p in panels if p]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 3 + 2 * len(panels)), sharex=True, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        for k in panel:
+            ax.plot(history["step"], history[k], label=k, linewidth=1.2)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 # ---------------------------------------------------------------------------
@@ -788,11 +1124,11 @@ class HealthMonitor:
                                     f"generator loss {means['loss_g']:.2f} and climbing): the generator gets almost no "
                                     f"gradient. Try a lower discriminator learning rate, label smoothing, or fewer D steps.")
 
-    def check_samples(self, fake, real, epoch, step=None):
+    def check_samples(self, fake, real, epoch, step):
         if self.real_spread is None:
             self.real_spread = mean_pairwise_distance(real)
         spread = mean_pairwise_distance(fake)
-        if (step is None or step >= self.min_step) and self.real_spread > 0 and spread < self.collapse_ratio * self.real_spread:
+        if step >= self.min_step and self.real_spread > 0 and spread < self.collapse_ratio * self.real_spread:
             self._warn("collapse", f"epoch {epoch}: the fixed-noise samples look alike (mean pairwise distance "
                                    f"{spread:.2f} vs {self.real_spread:.2f} for real images): mode collapse. Try a "
                                    f"lower learning rate, a smaller embedding, or restart with another --seed.")

@@ -610,6 +610,15 @@ def generator_fid(sample_fn, ref, n_samples, device, batch_size=100, inception_w
     return scores_against(torch.cat(features), reference)
 
 
+def fid_scorer(images, n_samples, device, inception_weights=None, batch_size=250):
+    """For a training script's --eval-every: checks the Inception weights now (a clear error before training) and
+    returns score(sample_fn) -> {fid, kid, kid_std} against a fixed random subset of `images` (uint8)."""
+    load_inception(inception_weights, device)
+    reference = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n_samples]]
+    return lambda sample_fn: generator_fid(sample_fn, reference, n_samples, device, batch_size=min(batch_size, n_samples),
+                                           inception_weights=inception_weights)
+
+
 # ---------------------------------------------------------------------------
 # Classifiers: letters (EMNIST-Balanced's 47 classes) and CIFAR-10 here; objects and faces in their scripts
 # ---------------------------------------------------------------------------

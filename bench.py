@@ -3,7 +3,7 @@
 Small GANs are bound by overheads, not by FLOPs: a DataLoader with PIL transforms, a host sync per step
 for logging, many small kernels. This file measures how fast each script trains (images/s, ms/step, peak
 memory) by importing its real `build` and `train_step` (nothing re-written) and feeding them as the script
-does: a uint8 dataset on the device (common.DeviceLoader), losses summed on the device (common.LossMeter),
+does: a uint8 dataset on the device (common.DeviceLoader), losses summed on the device (as common.TrainLog),
 the generator's moving average where the script keeps one, and one device sync at the end of the timed
 window. `--baseline` times, in the same process, on the same images and device, the loop that the
 pytorch/examples DCGAN (and PyTorch-GAN) use: the same DCGAN (dcgan_cifar.py's Generator and
@@ -18,6 +18,7 @@ Run:
     python bench.py --scripts dcgan_cifar wgan_gp_cifar --steps 50
     python bench.py --cpu-checks --device cpu                  # every script: NCHW vs channels_last, fp32 vs bf16
     python bench.py --threads 1 --repeats 3 --baseline         # a machine shared with other jobs: see README
+    python bench.py --extraction --threads 2 --repeats 3       # evaluate.py's Inception: before vs now (vs --amp)
 
 The images are random uint8 pixels of each script's shape (1 channel for the letters, 3 otherwise) with
 random labels of the script's kind (class index, hair/eye pair, multi-hot objects): the speed of a training
@@ -79,14 +80,24 @@ def parse_args(argv=None):
     parser.add_argument("--cpu-checks", action="store_true",
                         help="also time every chosen script in NCHW (not channels_last) and with --amp, and "
                              "dcgan_cifar with 1 and 2 threads: the measurements behind the CPU defaults")
+    parser.add_argument("--extraction", action="store_true",
+                        help="only evaluate.py's Inception feature extraction: the path before the CPU work and "
+                             "today's (and --amp's) on the same images, interleaved, with the FID each gives")
     parser.add_argument("--extraction-images", type=int, default=100,
-                        help="images for evaluate.py's feature-extraction row (0: skip it)")
-    parser.add_argument("--extraction-batch", type=common.positive_int, default=50,
-                        help="batch size of the feature extraction")
+                        help="images for the feature extraction (0: skip its row in the training table)")
+    parser.add_argument("--extraction-batch", type=common.positive_int, default=None,
+                        help="batch size of the feature extraction (default: evaluate.py's)")
+    parser.add_argument("--extraction-folder", default=None,
+                        help="with --extraction: take the images from this folder (resized to 32x32), not random")
+    parser.add_argument("--inception-weights", default=None, help="as evaluate.py's --inception-weights")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data, weights, noise)")
     args = parser.parse_args(argv)
-    if args.extraction_images < 0:
-        parser.error("--extraction-images must be 0 or more")
+    if args.extraction_images < (4 if args.extraction else 0):
+        parser.error("--extraction-images must be 0 or more (with --extraction: at least 4)")
+    if args.extraction_batch is None:
+        import evaluate
+
+        args.extraction_batch = evaluate.BATCH_SIZE
     if args.baseline_workers is not None and args.baseline_workers < 0:
         parser.error("--baseline-workers must be 0 or more")
     args.scripts = list(SCRIPTS) if "all" in args.scripts else list(dict.fromkeys(args.scripts))
@@ -183,7 +194,8 @@ def benchmark_labels(module, args, n, generator):
     if kind == "none":
         return None
     if kind == "class":  # class indices (N,); cdcgan_ab's classes are its --chars
-        count = len(getattr(args, spec["classes_arg"])) if "classes_arg" in spec else spec["num_classes"]
+        named = getattr(args, spec.get("classes_arg", ""), None)  # acgan_cifar's train() sets it from the data
+        count = len(named) if named is not None else spec["num_classes"]
         return torch.randint(count, (n,), generator=generator)
     if kind == "attributes":  # one index per attribute (N, A): hair and eye colour for the faces
         return torch.stack([torch.randint(size, (n,), generator=generator) for size in spec["num_classes"]], 1)
@@ -211,13 +223,17 @@ def script_argv(bench):
 # Ours: the script's own training iteration
 # ---------------------------------------------------------------------------
 def prepare_script(name, bench, device, threads=None, nchw=False, amp=False):
-    """`name`'s training iteration as its train() runs it: DeviceLoader batch -> train_step -> LossMeter.add
+    """`name`'s training iteration as its train() runs it: DeviceLoader batch -> train_step -> losses summed
     (-> its EMA update). Returns (TimedLoop, info): info has images_per_step, parameters, note, cifar, memory
     (a PeakMemory started after the dataset went to the device) and check() (the losses are finite).
     The checks: threads (a torch thread count), nchw (contiguous NCHW weights and batches instead of the
     channels_last that common.prepare_model and DeviceLoader use), amp (the script's --amp)."""
     module = importlib.import_module(name)
     args = module.parse_args(script_argv(bench) + (["--amp"] if amp and not bench.amp else []))
+    if "class_names" in module.EVAL and not hasattr(args, "class_names"):  # acgan_cifar's train() sets them from the data
+        args.num_classes, args.class_names = module.EVAL["num_classes"], module.EVAL["class_names"]
+    if isinstance(getattr(args, "lr", None), list):  # dcgan_letters compares several rates: one run each
+        args.lr = args.lr[0]
     common.seed_everything(args.seed, args.deterministic)
     images_per_step = module.images_per_step(args) if hasattr(module, "images_per_step") else args.batch_size
     channels = 1 if module.EVAL["dataset"] == "letters" else 3
@@ -234,30 +250,31 @@ def prepare_script(name, bench, device, threads=None, nchw=False, amp=False):
             model.to(memory_format=torch.contiguous_format)
     train_models = {k: common.maybe_compile(m, args.compile) for k, m in models.items()}
     ema_generator = None
-    if hasattr(module, "update_ema") and getattr(args, "ema_decay", 0) > 0:
+    if getattr(args, "ema", 0) > 0:
         ema_generator = copy.deepcopy(models["generator"]).requires_grad_(False)
     # Scripts whose step is one D update count --n-critic in steps (batch["update_generator"]); wgan_gp_cifar
     # does its n_critic critic updates inside one step.
     counts_critic_steps = hasattr(args, "n_critic") and not hasattr(module, "images_per_step")
-    meter = common.LossMeter()
-    state = {"step": 0, "batches": batch_stream(loader)}
+    state = {"step": 0, "sums": {}}
 
     def run_steps(count):
         for _ in range(count):
             step = state["step"]
-            real_images, real_labels = next(state["batches"])
+            real_images, real_labels = loader.batch(step)
             if nchw:
                 real_images = real_images.contiguous()
             batch = {"images": real_images, "labels": real_labels}
             if counts_critic_steps:
                 batch["update_generator"] = (step + 1) % args.n_critic == 0
-            meter.add(module.train_step(train_models, optimizers, batch, args))
+            for key, value in module.train_step(train_models, optimizers, batch, args).items():
+                state["sums"][key] = state["sums"].get(key, 0) + value.detach().float()
             if ema_generator is not None:
-                module.update_ema(ema_generator, models["generator"], args.ema_decay, step)
+                common.update_ema(ema_generator, models["generator"], args.ema, step)
             state["step"] = step + 1
 
     def check():
-        common.check_finite(meter.means(), state["step"], skip=False)  # the one host sync, as at a log step
+        means = {k: (v / max(state["step"], 1)).item() for k, v in state["sums"].items()}  # the host sync of a log
+        common.check_finite(means, state["step"], skip=False)
 
     note = ""
     if hasattr(module, "images_per_step"):
@@ -267,14 +284,6 @@ def prepare_script(name, bench, device, threads=None, nchw=False, amp=False):
             "parameters": sum(p.numel() for model in models.values() for p in model.parameters()),
             "cifar": module.EVAL["dataset"] == "cifar10"}
     return TimedLoop(run_steps, device, lambda: thread_setting(threads)), info
-
-
-def batch_stream(loader):
-    """Batches from epoch after epoch (the loader reshuffles per epoch, as in training)."""
-    epoch = 0
-    while True:
-        yield from loader.epoch(epoch)
-        epoch += 1
 
 
 # ---------------------------------------------------------------------------
@@ -374,6 +383,106 @@ def prepare_baseline(bench, device):
 
 
 # ---------------------------------------------------------------------------
+# evaluate.py's Inception feature extraction: the path before the CPU work and today's, on the same images
+# ---------------------------------------------------------------------------
+def extraction_images(n, folder=None, seed=0):
+    """uint8 (N, 3, 32, 32): n random images of a folder (common.list_image_files/read_image), else random pixels
+    (the speed does not depend on what they show; the FID comparison between the paths does not either)."""
+    if folder is None:
+        return benchmark_images(n, 3, 32, seed)
+    import numpy as np
+
+    files = common.list_image_files(folder)
+    chosen = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    arrays = [np.asarray(common.read_image(files[i], "RGB").resize((32, 32))) for i in sorted(chosen)]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def extractors(inception_weights=None, device="cpu"):
+    """(before, now, name): the extractor as evaluate.py built it before (conv, then a separate ReLU pass) and as
+    it builds it now (load_inception: conv + ReLU fused on the CPU); random weights when the file is missing."""
+    import evaluate
+
+    device = torch.device(device)
+    try:
+        state = evaluate.load_inception_state_dict(evaluate.find_inception_weights(inception_weights))
+        name = "real weights"
+    except common.UserError:
+        state, name = evaluate.random_inception_state_dict(), "random weights (no Inception file found)"
+    before = evaluate.InceptionFeatures(state, evaluate.INCEPTION_SIZE).to(device)
+    if common.uses_channels_last(device):
+        before = before.to(memory_format=torch.channels_last)
+    now = evaluate.InceptionFeatures(state, evaluate.INCEPTION_SIZE).to(device)
+    if common.uses_channels_last(device):
+        now = now.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        now.fuse_conv_relu()
+    return before, now, name
+
+
+@torch.inference_mode()
+def time_extraction(extractor, images, batch_size, bf16=False):
+    """(seconds, features) of one pass over `images`, batch by batch, waiting for the device at the end."""
+    device = next(extractor.parameters()).device
+    synchronize(device)
+    start = time.perf_counter()
+    features = torch.cat([extractor(chunk.to(device), bf16=bf16) for chunk in images.split(batch_size)])
+    features = features.cpu()
+    return time.perf_counter() - start, features
+
+
+def extraction_throughput(device="cpu", n_images=100, batch_size=100, inception_weights=None, images=None):
+    """Images per second of evaluate.py's feature extraction as it runs now (one pass after a warm-up batch)."""
+    _, now, _ = extractors(inception_weights, device)
+    images = extraction_images(n_images) if images is None else images
+    time_extraction(now, images[:min(batch_size, 8)], batch_size)
+    seconds, _ = time_extraction(now, images, batch_size)
+    return len(images) / seconds
+
+
+def run_extraction_benchmark(bench, device):
+    """The paths side by side on the same images, interleaved round by round, best round of each (on a shared
+    machine the best round is the least disturbed): before (batch 100, as evaluate.py did), now (fused, --extraction-
+    batch), and now in bf16 (--amp) where the CPU has native bf16. FID between the two halves of the images by each
+    path shows that fp32 scores do not move."""
+    import evaluate
+
+    images = extraction_images(bench.extraction_images, bench.extraction_folder, bench.seed)
+    before, now, weights = extractors(bench.inception_weights, device)
+    paths = {"before: batch 100, conv + ReLU pass": (before, 100, False),
+             f"now: fused conv+ReLU, batch {bench.extraction_batch}": (now, bench.extraction_batch, False)}
+    # now: conv + ReLU as one oneDNN call on weights reordered once (evaluate.FusedConvReLU)
+    if evaluate.amp_inception(device, True):
+        paths[f"now + --amp (bf16), batch {bench.extraction_batch}"] = (now, bench.extraction_batch, True)
+    print(f"bench.py --extraction: {device_description(device)}; torch {torch.__version__}; {load_average()}")
+    print(f"{len(images)} images 32x32 ({bench.extraction_folder or 'random pixels'}) -> 299x299 Inception pool3, "
+          f"{weights}; {bench.repeats} interleaved rounds, best of each", flush=True)
+    for extractor, batch_size, bf16 in paths.values():  # warm-up: allocator, oneDNN primitives
+        time_extraction(extractor, images[:min(batch_size, 8)], batch_size, bf16)
+    seconds, features = {label: [] for label in paths}, {}
+    for _ in range(bench.repeats):
+        for label, (extractor, batch_size, bf16) in paths.items():
+            elapsed, features[label] = time_extraction(extractor, images, batch_size, bf16)
+            seconds[label].append(elapsed)
+    labels = list(paths)
+    base_rate = len(images) / min(seconds[labels[0]])
+    half = len(images) // 2
+    results = {}
+    print(f"{'path':<42} {'images/s':>9} {'x before':>9} {'max |dfeature|':>15} {'FID halves':>12} {'FID rel. diff':>14}")
+    for label in labels:
+        rate = len(images) / min(seconds[label])
+        difference = (features[label] - features[labels[0]]).abs().max().item()
+        fid = evaluate.fid_from_features(features[label][:half].double().numpy(), features[label][half:].double().numpy()) \
+            if half >= 2 else float("nan")
+        results[label] = {"images_per_s": rate, "ratio": rate / base_rate, "fid": fid, "max_feature_diff": difference}
+        reference_fid = results[labels[0]]["fid"]
+        print(f"{label:<42} {rate:>9.2f} {rate / base_rate:>9.2f} {difference:>15.3g} {fid:>12.6g} "
+              f"{abs(fid - reference_fid) / abs(reference_fid) if reference_fid else 0.0:>14.2g}", flush=True)
+    print(f"  {torch.get_num_threads()} torch threads; {load_average()} at the end")
+    return results
+
+
+# ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
 def device_description(device):
@@ -423,6 +532,8 @@ def main(argv=None):
     if bench.threads is not None:
         torch.set_num_threads(bench.threads)
     try:
+        if bench.extraction:
+            return run_extraction_benchmark(bench, device)
         run_benchmark(bench, device)
     finally:
         torch.set_num_threads(previous_threads)  # main() may be called in-process (tests)
@@ -486,16 +597,14 @@ def run_benchmark(bench, device):
         print(format_row("baseline: DCGAN, DataLoader+PIL", baseline_info,
                          speed(baseline_info, min(baseline_seconds), bench.steps), baseline_peak, 1.0))
     if bench.extraction_images:
-        import evaluate
-
         n, batch_size = bench.extraction_images, min(bench.extraction_batch, bench.extraction_images)
-        rate = evaluate.extraction_throughput(device, n_images=n, batch_size=batch_size)
+        rate = extraction_throughput(device, n_images=n, batch_size=batch_size, inception_weights=bench.inception_weights)
         print(f"{'evaluate.py feature extraction':<{LABEL_WIDTH}} {'':>10} {'':>8} {rate:>10.1f}   ({n} uint8 32 px "
               f"images -> Inception at 299 px -> 2048 features, batch {batch_size})")
     print("notes:")
     for note in dict.fromkeys(notes):
         print(f"  {note}")
-    print("  ours: DeviceLoader batch (uint8 on the device) + the script's train_step + LossMeter.add (+ its EMA "
+    print("  ours: DeviceLoader batch (uint8 on the device) + the script's train_step + losses summed (+ its EMA "
           "update), one device sync per timed window; G+D params: both networks' weights; img/step: real images "
           "one step reads")
     if baseline_loop is not None:

@@ -4,26 +4,33 @@ Papers: Radford, Metz & Chintala, "Unsupervised Representation Learning with Dee
 (ICLR 2016); Mirza & Osindero, "Conditional Generative Adversarial Nets" (2014); Reed et al.,
 "Generative Adversarial Text to Image Synthesis" (ICML 2016: the mismatched-pair term); Arjovsky et al.
 (WGAN) and Gulrajani et al. (WGAN-GP) for --loss. Coursework: MLDS homework 3 (DCGAN on anime faces,
-a conditional DCGAN by hair and eye colour, WGAN-GP lambda 1 vs 10, the "training tips" ablations).
+a conditional DCGAN by hair and eye colour with small tag embeddings, WGAN-GP lambda 1 vs 10, the
+"training tips" ablations).
 
 Run (offline: procedural cartoon faces from synthetic.py):
-    python evaluate.py --train-classifier faces       # once: the attribute classifier that scores samples
     python cdcgan_anime.py --image-size 32            # the CPU benchmark setting (README)
-    python cdcgan_anime.py --data anime --data-dir data/extra_data --tags-file testing_tags.txt   # MLDS data
-    python cdcgan_anime.py --show "blue hair blue eyes" "green hair red eyes"                     # grid rows
-    python cdcgan_anime.py --loss wgan-gp --lambda 1                                              # report: lambda 1 vs 10
-    python cdcgan_anime.py --no-bn | --soft-labels | --no-normalize | --unconditional             # report's ablations
-    python cdcgan_anime.py --generate --checkpoint runs/<run>/last.pt --show "pink hair aqua eyes"
+    python cdcgan_anime.py --data anime --data-dir data/mlds_anime --tags-file testing_tags.txt   # MLDS data
+    python cdcgan_anime.py --show "blue hair blue eyes" "green hair red eyes"                      # grid rows
+    python cdcgan_anime.py --loss wgan-gp --lambda 1                                               # lambda 1 vs 10
+    python cdcgan_anime.py --no-bn | --soft-labels | --no-normalize | --unconditional              # the ablations
+    python evaluate.py --train-classifier faces       # once: the attribute classifier, then --eval-every 1 scores
+    python cdcgan_anime.py --generate 8 --checkpoint runs/<run>/last.pt --show "pink hair aqua eyes" --interpolate
+    python cdcgan_anime.py --generate --checkpoint runs/<run>/last.pt --tags-file testing_tags.txt \\
+        --cascade lbpcascade_animeface.xml            # the course's 5x5 sheet cgan.png and its face count
 On several GPUs (one process each; --batch-size is per process):
     torchrun --standalone --nproc_per_node=4 cdcgan_anime.py --device cuda
+
+Data: --data anime reads the MLDS faces (extra_data/: images/<id>.jpg + tags.csv, lines "id,<hair> hair <eye>
+eyes"; or the older faces/<id>.jpg + tags_clean.csv), decoded once (in threads) into a uint8 tensor on the
+training device. --data synthetic draws cartoon faces of known hair and eye colour (synthetic.faces).
 """
 
 import argparse
+import copy
 import glob
 import os
 import re
 import sys
-import time
 
 import numpy as np
 import torch
@@ -31,19 +38,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-import synthetic
 
-SCRIPT = "cdcgan_anime"
-HAIR_COLOURS, EYE_COLOURS = synthetic.HAIR_COLOURS, synthetic.EYE_COLOURS
+SCRIPT = common.script_name(__file__)  # a copy of this file (my_gan.py) writes checkpoints of its own name
+# The MLDS course's colour vocabularies, in the course's order (synthetic.faces draws with the same lists).
+HAIR_COLOURS = ("orange", "white", "aqua", "gray", "green", "red", "purple", "pink", "blue", "black", "brown", "blonde")
+EYE_COLOURS = ("gray", "black", "orange", "pink", "yellow", "aqua", "purple", "green", "brown", "red", "blue")
 N_HAIR, N_EYES = len(HAIR_COLOURS), len(EYE_COLOURS)
 EVAL = {"dataset": "faces", "conditioning": "attributes", "num_classes": [N_HAIR, N_EYES],
         "class_names": {"hair": list(HAIR_COLOURS), "eyes": list(EYE_COLOURS)}}
-REPO = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CLASSIFIER = os.path.join(REPO, "classifiers", "faces.pt")
+DEFAULT_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classifiers", "faces.pt")
 # The rows of the report's figures: the five tag pairs of the course's testing_tags.txt.
 REPORT_PAIRS = ["blue hair blue eyes", "blue hair green eyes", "blue hair red eyes", "green hair blue eyes",
                 "green hair red eyes"]
 TAG_PATTERN = re.compile(r"^\s*(\w+)\s+hair,?\s+(\w+)\s+eyes?\s*$")
+GRID_COLUMNS = 8
+ACCURACIES = ("hair_acc", "eye_acc", "both_acc")
 
 
 def parse_tag_text(text):
@@ -76,59 +85,103 @@ show_pair.__name__ = "'<hair> hair <eye> eyes'"
 # ---------------------------------------------------------------------------
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Conditional DCGAN on anime faces by hair and eye colour.",
+                                     usage="%(prog)s [options] (see --help)",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", choices=["synthetic", "anime"], default="synthetic",
-                        help="synthetic: procedural cartoon faces; anime: the MLDS data in --data-dir "
-                             "(extra_data/: images/ + tags.csv, or faces/ + tags_clean.csv)")
-    parser.add_argument("--n-faces", type=common.positive_int, default=20000,
-                        help="with --data synthetic: faces drawn for training")
-    parser.add_argument("--show", type=show_pair, nargs="+", default=REPORT_PAIRS,
-                        metavar="TAGS", help="rows of the sample grids, each '<hair> hair <eye> eyes' "
-                                             "(default: the report's five)")
-    parser.add_argument("--tags-file", default=None,
-                        help="the course's testing_tags.txt (lines 'n,<hair> hair <eye> eyes'): also write the "
-                             "5x5 sheet samples/cgan.png from its first 25 lines")
-    parser.add_argument("--unconditional", action="store_true",
-                        help="the plain DCGAN of the report's first part: no tags at all")
-    parser.add_argument("--embed-dim", type=common.positive_int, default=5,
-                        help="size of each tag embedding (report: 5; much larger ones led to mode collapse)")
-    parser.add_argument("--ngf", type=common.positive_int, default=32,
-                        help="generator width: layers of 4, 2, 1 x ngf then 3 channels (64: the report's 256-128-64-3)")
-    parser.add_argument("--ndf", type=common.positive_int, default=32, help="discriminator width")
-    parser.add_argument("--act", choices=["selu", "relu"], default="relu",
-                        help="generator activation (the report's generator used SELU)")
-    parser.add_argument("--loss", choices=["bce", "wgan-clip", "wgan-gp"], default="bce",
-                        help="bce: the DCGAN loss; wgan-clip: WGAN with weight clipping; wgan-gp: gradient penalty")
-    parser.add_argument("--clip", type=common.positive_float, default=0.02, help="with wgan-clip: weight clipping bound")
-    parser.add_argument("--lambda", dest="lambda_gp", type=common.non_negative_float, default=10.0,
-                        help="with wgan-gp: gradient penalty weight (the report compared 1 and 10)")
-    parser.add_argument("--n-critic", type=common.positive_int, default=None,
-                        help="discriminator updates per generator update (default: 1 for bce, 5 for wgan)")
-    parser.add_argument("--mismatch-weight", type=common.non_negative_float, default=1.0,
-                        help="weight of the (real image, wrong tags) -> fake term; 0 turns it off")
-    parser.add_argument("--no-bn", action="store_true", help="ablation: no BatchNorm in either network")
-    parser.add_argument("--soft-labels", action="store_true",
-                        help="ablation (bce): real targets drawn from [0.7, 1.2], fake from [0, 0.3]")
-    parser.add_argument("--no-normalize", action="store_true",
-                        help="ablation: images in [0, 1] and a ReLU generator output instead of [-1, 1] and tanh")
-    parser.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
-                        help="attribute classifier used to score samples each epoch (skipped if absent; "
-                             "train one with: python evaluate.py --train-classifier faces)")
-    parser.add_argument("--score-every", type=common.positive_int, default=1,
-                        help="score hair/eye accuracy with --classifier every N epochs")
-    parser.add_argument("--generate", action="store_true",
-                        help="no training: write the --show grid (and --tags-file sheet) from --checkpoint")
-    parser.add_argument("--checkpoint", default=None, help="with --generate: the checkpoint to sample from")
-    common.add_common_args(parser, epochs=10, batch_size=64, lr=None, image_size=64, sample_every=1, save_every=5)
-    parser.add_argument("--lr", type=common.positive_float, default=None,
-                        help="learning rate (default: 2e-4 Adam for bce, 5e-5 RMSprop for wgan-clip, 1e-4 Adam for wgan-gp)")
-    args = parser.parse_args(argv)
-    if args.image_size not in (32, 64, 96):
-        parser.error("--image-size must be 32, 64 or 96")
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", choices=["synthetic", "anime"], default="synthetic",
+                   help="synthetic: procedural cartoon faces, offline; anime: the MLDS data in --data-dir "
+                        "(extra_data/: images/ + tags.csv, or faces/ + tags_clean.csv)")
+    g.add_argument("--data-dir", default="data", help="where the MLDS data is read from")
+    g.add_argument("--n-images", type=common.positive_int, default=20000,
+                   help="--data synthetic: faces in total (not per class: each face's hair and eye colours are "
+                        "drawn at random from the 12 x 11 pairs)")
+    g.add_argument("--image-size", type=int, choices=[32, 64, 96], default=64, help="image height and width")
+    g = parser.add_argument_group("model and training")
+    g.add_argument("--nz", type=common.positive_int, default=100, help="size of the generator's noise vector")
+    g.add_argument("--embed-dim", type=common.positive_int, default=5,
+                   help="size of each tag embedding (report: 5; much larger ones led to mode collapse)")
+    g.add_argument("--ngf", type=common.positive_int, default=32,
+                   help="generator width: layers of 4, 2, 1 x ngf then 3 channels (64: the report's 256-128-64-3)")
+    g.add_argument("--ndf", type=common.positive_int, default=32, help="discriminator width")
+    g.add_argument("--act", choices=["selu", "relu"], default="relu",
+                   help="generator activation (the report's generator used SELU)")
+    g.add_argument("--unconditional", action="store_true",
+                   help="the plain DCGAN of the report's first part: no tags at all")
+    g.add_argument("--loss", choices=["bce", "wgan-clip", "wgan-gp"], default="bce",
+                   help="bce: the DCGAN loss; wgan-clip: WGAN with weight clipping; wgan-gp: gradient penalty")
+    g.add_argument("--clip", type=common.positive_float, default=0.02, help="with wgan-clip: weight clipping bound")
+    g.add_argument("--lambda", dest="lambda_gp", type=common.non_negative_float, default=10.0,
+                   help="with wgan-gp: gradient penalty weight (the report compared 1 and 10)")
+    g.add_argument("--n-critic", type=common.positive_int, default=None,
+                   help="critic (discriminator) updates per generator update (default: 1 for bce, 5 for wgan)")
+    g.add_argument("--mismatch-weight", type=common.non_negative_float, default=1.0,
+                   help="weight of the (real image, wrong tags) -> fake term; 0 turns it off")
+    g.add_argument("--no-bn", action="store_true", help="ablation: no BatchNorm in either network")
+    g.add_argument("--soft-labels", action="store_true",
+                   help="ablation (bce): real targets drawn from [0.7, 1.2], fake from [0, 0.3]")
+    g.add_argument("--no-normalize", action="store_true",
+                   help="ablation: images in [0, 1] and a ReLU generator output instead of [-1, 1] and tanh")
+    g.add_argument("--epochs", type=common.positive_int, default=10, help="passes over the training set")
+    g.add_argument("--batch-size", type=common.positive_int, default=64,
+                   help="images per step per process (global batch = batch size x processes)")
+    g.add_argument("--lr", type=common.positive_float, default=None,
+                   help="learning rate (default: 2e-4 Adam for bce, 5e-5 RMSprop for wgan-clip, 1e-4 Adam for wgan-gp)")
+    g.add_argument("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1")
+    g.add_argument("--beta2", type=common.unit_interval, default=0.999, help="Adam beta2")
+    g.add_argument("--ema", type=common.unit_interval, default=0.0,
+                   help="decay of a moving average of the generator's weights that samples and evaluate.py use "
+                        "(0: off)")
+    g.add_argument("--seed", type=common.seed, default=0, help="random seed (data order, weights, noise)")
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", default=None, help="run folder (default runs/<script>-<time>)")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' for <out>/last.pt")
+    g.add_argument("--max-steps", type=common.positive_int, default=None, help="stop after this many steps")
+    g.add_argument("--max-minutes", type=common.positive_float, default=None,
+                   help="stop after this many minutes of training (a wall-clock budget)")
+    g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA and on CPUs with native bf16")
+    g.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    g.add_argument("--sync-bn", action="store_true", help="under torchrun: SyncBatchNorm across processes")
+    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on CUDA)")
+    g.add_argument("--skip-nonfinite", action="store_true", help="skip a step whose loss is NaN/inf instead of stopping")
+    g = parser.add_argument_group("logging, samples, checkpoints, scores")
+    g.add_argument("--log-every", type=common.positive_int, default=50, help="log losses every N steps")
+    g.add_argument("--sample-every", type=common.positive_int, default=1, help="sample grid every N epochs")
+    g.add_argument("--save-every", type=common.positive_int, default=5, help="keep epoch_NNN.pt every N epochs")
+    g.add_argument("--show", type=show_pair, nargs="+", default=REPORT_PAIRS, metavar="TAGS",
+                   help="rows of the sample grids, each '<hair> hair <eye> eyes' (default: the report's five)")
+    g.add_argument("--tags-file", default=None,
+                   help="the course's testing_tags.txt (lines 'n,<hair> hair <eye> eyes'): also the 5x5 sheet "
+                        "cgan.png of its first 25 lines")
+    g.add_argument("--eval-every", type=common.positive_int, default=None, metavar="N",
+                   help="hair/eye accuracy of --classifier on generated faces every N epochs (evaluate.py): "
+                        "logged, plotted (accuracy.png), best.pt kept")
+    g.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
+                   help="with --eval-every: the attribute classifier (python evaluate.py --train-classifier faces)")
+    g.add_argument("--track", action="store_true", help="also log to TensorBoard (<out>/tb)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (batch jobs)")
+    g = parser.add_argument_group("generate (no training)")
+    g.add_argument("--generate", type=common.positive_int, nargs="?", const=GRID_COLUMNS, default=None, metavar="N",
+                   help=f"draw N faces per --show pair from --checkpoint into a grid (unconditional: 8 rows of N; "
+                        f"--generate alone: {GRID_COLUMNS})")
+    g.add_argument("--checkpoint", default=None, help="with --generate: the checkpoint to sample from")
+    g.add_argument("--grid-out", default=None, help="with --generate: grid PNG (default next to the checkpoint)")
+    g.add_argument("--png-dir", default=None, help="with --generate: also one PNG per sample in this folder")
+    g.add_argument("--interpolate", action="store_true",
+                   help="with --generate: also a latent interpolation sheet (<grid>_interpolation.png) and a tag "
+                        "one (<grid>_conditions.png: fixed noise, the tags blended from one --show pair to the next)")
+    g.add_argument("--cascade", default=None,
+                   help="with --generate and --tags-file: count the faces OpenCV's lbpcascade_animeface.xml finds "
+                        "on cgan.png (the course's pass mark: 20 of 25)")
+    args = common.parse_args(parser, argv)
     if args.soft_labels and args.loss != "bce":
         parser.error("--soft-labels applies to --loss bce (WGAN critics output scores, not probabilities)")
-    if args.generate and args.checkpoint is None:
+    if args.eval_every and args.unconditional:
+        parser.error("--eval-every scores the requested hair and eye colours: an --unconditional generator has none")
+    if args.generate is not None and args.checkpoint is None:
         parser.error("--generate needs --checkpoint PATH")
+    if args.cascade and not args.tags_file:
+        parser.error("--cascade counts the faces of the --tags-file sheet: pass --tags-file too")
     if args.lr is None:
         args.lr = {"bce": 2e-4, "wgan-clip": 5e-5, "wgan-gp": 1e-4}[args.loss]
     if args.n_critic is None:
@@ -136,25 +189,40 @@ def parse_args(argv=None):
     return args
 
 
+
+
 # ---------------------------------------------------------------------------
-# Data: the MLDS tag formats, the real loader, the embedded faces
+# Data: the MLDS tag formats, the real loader, the offline faces. Returns (uint8 images (N, 3, S, S),
+# int64 labels (N, 2) = [hair, eye])
 # ---------------------------------------------------------------------------
+def read_tag_lines(path):
+    """A tag file's lines: UTF-8 (a BOM is dropped) or, failing that, Latin-1; unreadable -> one clear line."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise common.UserError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return text.replace("\0", "").splitlines()
+
+
 def parse_tags_csv(path):
     """tags.csv / testing_tags.txt: lines 'id,<hair> hair <eye> eyes' -> list of (id, hair, eye)."""
-    name = os.path.basename(path)
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            image_id, comma, tags = line.strip().partition(",")
-            if not comma or not image_id.strip():
-                raise common.UserError(f"{name} line {number}: expected 'id,<hair> hair <eye> eyes', got {line.strip()!r}")
-            try:
-                hair, eye = parse_tag_text(tags)
-            except ValueError as e:
-                raise common.UserError(f"{name} line {number}: {e}") from None
-            rows.append((image_id.strip(), hair, eye))
+    name, rows = os.path.basename(path), []
+    for number, line in enumerate(read_tag_lines(path), 1):
+        if not line.strip():
+            continue
+        image_id, comma, tags = line.strip().partition(",")
+        if not comma or not image_id.strip():
+            raise common.UserError(f"{name} line {number}: expected 'id,<hair> hair <eye> eyes', got {line.strip()[:60]!r}")
+        try:
+            hair, eye = parse_tag_text(tags)
+        except ValueError as e:
+            raise common.UserError(f"{name} line {number}: {e}") from None
+        rows.append((image_id.strip(), hair, eye))
     if not rows:
         raise common.UserError(f"{path} holds no tag lines")
     return rows
@@ -164,28 +232,25 @@ def parse_tags_clean(path):
     """The older tags_clean.csv: 'id,tag:count<TAB>tag:count...'. Keeps the images with exactly one hair
     colour and one eye colour of the vocabularies (other tags, like 'long hair', are ignored).
     Returns (rows, number of lines dropped)."""
-    name = os.path.basename(path)
-    rows, dropped = [], 0
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            image_id, comma, tags = line.rstrip("\n").partition(",")
-            if not comma or not image_id.strip():
-                raise common.UserError(f"{name} line {number}: expected 'id,tag:count<TAB>tag:count...', "
-                                       f"got {line.strip()[:60]!r}")
-            hairs, eyes = set(), set()
-            for item in tags.split("\t"):
-                tag = item.rpartition(":")[0].strip().lower() if ":" in item else item.strip().lower()
-                words = tag.split()
-                if len(words) == 2 and words[1] == "hair" and words[0] in HAIR_COLOURS:
-                    hairs.add(HAIR_COLOURS.index(words[0]))
-                elif len(words) == 2 and words[1] == "eyes" and words[0] in EYE_COLOURS:
-                    eyes.add(EYE_COLOURS.index(words[0]))
-            if len(hairs) == 1 and len(eyes) == 1:
-                rows.append((image_id.strip(), hairs.pop(), eyes.pop()))
-            else:
-                dropped += 1
+    name, rows, dropped = os.path.basename(path), [], 0
+    for number, line in enumerate(read_tag_lines(path), 1):
+        if not line.strip():
+            continue
+        image_id, comma, tags = line.partition(",")
+        if not comma or not image_id.strip():
+            raise common.UserError(f"{name} line {number}: expected 'id,tag:count<TAB>tag:count...', "
+                                   f"got {line.strip()[:60]!r}")
+        hairs, eyes = set(), set()
+        for item in tags.split("\t"):
+            words = (item.rpartition(":")[0] if ":" in item else item).strip().lower().split()
+            if len(words) == 2 and words[1] == "hair" and words[0] in HAIR_COLOURS:
+                hairs.add(HAIR_COLOURS.index(words[0]))
+            elif len(words) == 2 and words[1] == "eyes" and words[0] in EYE_COLOURS:
+                eyes.add(EYE_COLOURS.index(words[0]))
+        if len(hairs) == 1 and len(eyes) == 1:
+            rows.append((image_id.strip(), hairs.pop(), eyes.pop()))
+        else:
+            dropped += 1
     return rows, dropped
 
 
@@ -202,33 +267,32 @@ def find_anime_layout(data_dir):
 
 
 def load_anime(data_dir, image_size, verbose=True):
-    """The MLDS data -> (uint8 images (N, 3, S, S), labels int64 (N, 2) = [hair, eye])."""
-    from PIL import Image
+    """The MLDS data, every tagged face decoded once (in threads: PIL decodes outside the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image, ImageOps
 
     image_dir, tag_file, layout = find_anime_layout(data_dir)
-    if layout == "extra_data":
-        rows, dropped = parse_tags_csv(tag_file), 0
-    else:
-        rows, dropped = parse_tags_clean(tag_file)
+    rows, dropped = (parse_tags_csv(tag_file), 0) if layout == "extra_data" else parse_tags_clean(tag_file)
     if not rows:
         raise common.UserError(f"{tag_file}: no image has exactly one hair colour and one eye colour tag")
-    files = {os.path.splitext(f)[0]: f for f in os.listdir(image_dir) if f.lower().endswith((".jpg", ".jpeg", ".png"))}
-    arrays, labels = [], []
-    for image_id, hair, eye in rows:
-        if image_id not in files:
-            raise common.UserError(f"{os.path.basename(tag_file)} names image {image_id!r}, but {image_dir} has no "
-                                   f"{image_id}.jpg")
-        path = os.path.join(image_dir, files[image_id])
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                if im.size != (image_size, image_size):
-                    im = im.resize((image_size, image_size), Image.LANCZOS)
-                arrays.append(np.asarray(im))
-        except OSError as e:
-            raise common.UserError(f"cannot read image {path}: {e}") from None
-        labels.append((hair, eye))
-    untagged = len(set(files) - {r[0] for r in rows})
+    files = {}
+    for path in common.list_image_files(image_dir):
+        files.setdefault(os.path.splitext(os.path.basename(path))[0], path)
+    missing = next((image_id for image_id, _, _ in rows if image_id not in files), None)
+    if missing is not None:
+        raise common.UserError(f"{os.path.basename(tag_file)} names image {missing!r}, but {image_dir} has no "
+                               f"{missing}.jpg")
+
+    def decode(path):
+        image = common.read_image(path, "RGB")
+        if image.size != (image_size, image_size):
+            image = ImageOps.fit(image, (image_size, image_size), Image.LANCZOS)
+        return np.asarray(image)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        arrays = list(pool.map(decode, [files[image_id] for image_id, _, _ in rows]))
+    untagged = len(set(files) - {image_id for image_id, _, _ in rows})
     if verbose:
         note = f" ({dropped} tag lines without exactly one hair and one eye colour dropped)" if dropped else ""
         print(f"loaded {len(arrays)} faces from {image_dir}{note}", file=sys.stderr)
@@ -236,14 +300,30 @@ def load_anime(data_dir, image_size, verbose=True):
             print(f"note: {untagged} images in {image_dir} have no usable tags in {os.path.basename(tag_file)} "
                   f"and are not used", file=sys.stderr)
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(labels, dtype=torch.int64)
+    return images, torch.tensor([(hair, eye) for _, hair, eye in rows], dtype=torch.int64)
+
+
+def load_synthetic(n_images, image_size, seed):
+    """Offline stand-in: cartoon faces (synthetic.faces), hair and eye colours drawn at random."""
+    import synthetic  # only for the offline data: a copied script with real data needs no synthetic.py
+
+    assert synthetic.HAIR_COLOURS == HAIR_COLOURS and synthetic.EYE_COLOURS == EYE_COLOURS
+    images, hair, eyes = synthetic.faces(n_images, image_size, seed=seed)
+    return images, torch.stack([hair, eyes], 1)
 
 
 def load_data(args):
+    """All data errors surface here, before anything is written."""
     if args.data == "anime":
         return load_anime(args.data_dir, args.image_size)
-    images, hair, eyes = synthetic.faces(args.n_faces, args.image_size, seed=args.seed)
-    return images, torch.stack([hair, eyes], 1)
+    return load_synthetic(args.n_images, args.image_size, args.seed)
+
+
+def read_tag_sheet(path):
+    """--tags-file: the (hair, eye) labels of the 5x5 sheet cgan.png, from the file's first 25 lines."""
+    if not os.path.isfile(path):
+        raise common.UserError(f"--tags-file {path} not found")
+    return torch.tensor([(hair, eye) for _, hair, eye in parse_tags_csv(path)[:25]], dtype=torch.int64)
 
 
 def wrong_tags(labels):
@@ -270,21 +350,26 @@ class Generator(nn.Module):
         if conditional:
             self.hair_embedding = nn.Embedding(N_HAIR, embed_dim)
             self.eye_embedding = nn.Embedding(N_EYES, embed_dim)
-        activation = {"relu": lambda: nn.ReLU(True), "selu": lambda: nn.SELU(True)}[act]
-        norm = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
+        activation = {"relu": nn.ReLU, "selu": nn.SELU}[act]
+        norm = nn.BatchNorm2d if batch_norm else (lambda c: nn.Identity())
         width = [ngf * 4, ngf * 2, ngf]
         layers = [nn.ConvTranspose2d(nz + (2 * embed_dim if conditional else 0), width[0], image_size // 8, 1, 0,
-                                     bias=not batch_norm), norm(width[0]), activation()]
+                                     bias=not batch_norm), norm(width[0]), activation(True)]
         for c_in, c_out in zip(width, width[1:]):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=not batch_norm), norm(c_out), activation()]
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=not batch_norm), norm(c_out), activation(True)]
         # tanh for images in [-1, 1]; the --no-normalize ablation's [0, 1] images get a ReLU output.
         layers += [nn.ConvTranspose2d(ngf, 3, 4, 2, 1), nn.Tanh() if normalized else nn.ReLU()]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, noise, labels=None):
+    def embed(self, labels):
+        """(N, 2) [hair, eye] indices -> the (N, 2 x embed_dim) tag vector the network is conditioned on."""
+        return torch.cat([self.hair_embedding(labels[:, 0]), self.eye_embedding(labels[:, 1])], 1)
+
+    def forward(self, noise, labels=None, tags=None):
+        """`tags`: a tag vector given directly instead of labels (the tag interpolation sheet blends two)."""
         z = noise.flatten(1)
         if self.conditional:
-            z = torch.cat([z, self.hair_embedding(labels[:, 0]), self.eye_embedding(labels[:, 1])], 1)
+            z = torch.cat([z, self.embed(labels) if tags is None else tags], 1)
         return self.net(z[:, :, None, None])
 
 
@@ -298,7 +383,7 @@ class Discriminator(nn.Module):
         if conditional:
             self.hair_embedding = nn.Embedding(N_HAIR, embed_dim)
             self.eye_embedding = nn.Embedding(N_EYES, embed_dim)
-        norm = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
+        norm = nn.BatchNorm2d if batch_norm else (lambda c: nn.Identity())
         self.first = nn.Sequential(nn.Conv2d(3, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True))
         c_in = ndf + (2 * embed_dim if conditional else 0)
         self.rest = nn.Sequential(
@@ -315,50 +400,84 @@ class Discriminator(nn.Module):
         return self.rest(features).flatten()
 
 
-def build_generator(args):
-    """Rebuild the generator from the plain args dict stored in a checkpoint (evaluate.py uses this)."""
-    return Generator(args["nz"], args["embed_dim"], args["ngf"], args["image_size"], args["act"],
-                     batch_norm=not args["no_bn"], normalized=not args["no_normalize"],
-                     conditional=not args["unconditional"])
+def build_generator(settings):
+    """The generator from a checkpoint's settings (evaluate.py and --generate use this)."""
+    return Generator(settings["nz"], settings["embed_dim"], settings["ngf"], settings["image_size"], settings["act"],
+                     batch_norm=not settings["no_bn"], normalized=not settings["no_normalize"],
+                     conditional=not settings["unconditional"])
 
 
 def build(args, device):
-    generator = Generator(args.nz, args.embed_dim, args.ngf, args.image_size, args.act, batch_norm=not args.no_bn,
-                          normalized=not args.no_normalize, conditional=not args.unconditional)
+    """The networks and their optimizers (train() and bench.py use this)."""
+    conditional = not args.unconditional
+    generator = common.prepare_model(build_generator(vars(args)).apply(common.dcgan_init), device)
     # The WGAN-GP critic has no BatchNorm: the gradient penalty is per sample, and BN mixes samples.
-    discriminator = Discriminator(args.embed_dim, args.ndf, args.image_size,
-                                  batch_norm=not args.no_bn and args.loss != "wgan-gp",
-                                  conditional=not args.unconditional)
-    generator = common.prepare_model(generator.apply(common.dcgan_init), device)
-    discriminator = common.prepare_model(discriminator.apply(common.dcgan_init), device)
-    if args.loss == "wgan-clip":  # the WGAN paper: momentum-based optimizers were unstable with clipping
-        optimizers = {"generator": torch.optim.RMSprop(generator.parameters(), lr=args.lr),
-                      "discriminator": torch.optim.RMSprop(discriminator.parameters(), lr=args.lr)}
-    else:
-        betas = (args.beta1, args.beta2)
-        optimizers = {"generator": common.adam(generator.parameters(), args.lr, betas, device),
-                      "discriminator": common.adam(discriminator.parameters(), args.lr, betas, device)}
+    discriminator = common.prepare_model(Discriminator(
+        args.embed_dim, args.ndf, args.image_size, batch_norm=not args.no_bn and args.loss != "wgan-gp",
+        conditional=conditional).apply(common.dcgan_init), device)
+
+    def optimizer(params):  # RMSprop for wgan-clip: the WGAN paper found momentum unstable with clipping
+        return torch.optim.RMSprop(params, lr=args.lr) if args.loss == "wgan-clip" else \
+            common.adam(params, args.lr, (args.beta1, args.beta2), device)
+    optimizers = {"generator": optimizer(generator.parameters()), "discriminator": optimizer(discriminator.parameters())}
     return {"generator": generator, "discriminator": discriminator}, optimizers
 
 
 @torch.no_grad()
-def sample(generator, noise, labels=None):
-    """Images in [-1, 1] from noise (N, nz) and labels (N, 2) = [hair, eye] indices. Train-mode BN, as in
-    training (see dcgan_letters.py). A --no-normalize generator draws in [0, 1]: mapped to [-1, 1] here.
-    We sample on copies of the running statistics, so drawing samples never changes the model (exact resume)."""
+def sample(generator, noise, labels=None, tags=None):
+    """Images in [-1, 1] from noise (N, nz) and labels (N, 2) = [hair, eye] indices (or a tag vector). Train-mode
+    BN, as in training (this also suits the EMA generator, whose weights never produced running statistics), on
+    copies of its buffers, so drawing samples never changes the model (exact resume). A --no-normalize generator
+    draws in [0, 1]: mapped to [-1, 1] here."""
     generator = common.unwrap(generator)
     buffers = {name: b.clone() for name, b in generator.named_buffers()}
-    images = torch.func.functional_call(generator, buffers, (noise, labels if generator.conditional else None))
-    if not generator.normalized:
-        images = images.clamp(0, 1) * 2 - 1
-    return images
+    conditional = generator.conditional
+    images = torch.func.functional_call(generator, buffers, (noise, labels if conditional else None),
+                                        {"tags": tags if conditional else None})
+    return images if generator.normalized else images.clamp(0, 1) * 2 - 1
+
+
+def grid_inputs(show, nz, per_pair, seed, conditional=True):
+    """Noise, labels and row names of a sample grid: a row per --show pair with the same `per_pair` noise vectors
+    in every row, so rows differ only by their tags; unconditional: 8 rows of different faces."""
+    source = torch.Generator().manual_seed(seed)
+    if not conditional:
+        return torch.randn(8 * per_pair, nz, generator=source), None, None
+    labels = torch.tensor([parse_tag_text(text) for text in show], dtype=torch.int64).repeat_interleave(per_pair, 0)
+    return torch.randn(per_pair, nz, generator=source).repeat(len(show), 1), labels, list(show)
+
+
+def write_tag_sheet(generator, labels, path, seed, title=None):
+    """The course's cgan.png: one face per --tags-file line (first 25), 5 per row."""
+    noise = torch.randn(len(labels), common.unwrap(generator).nz, generator=torch.Generator().manual_seed(seed))
+    return common.save_grid(sample(generator, noise.to(labels.device), labels), path, nrow=5, title=title)
+
+
+@torch.no_grad()
+def tag_interpolation(generator, show, seed, steps=10):
+    """Rows that walk from one --show pair to the next (one pair alone: to the opposite colours) with fixed noise:
+    the generator sees (1 - t) * tags(a) + t * tags(b), so only the colours change along a row."""
+    starts = [parse_tag_text(text) for text in show][:8]
+    ends = starts[1:] + starts[:1] if len(starts) > 1 else [((starts[0][0] + N_HAIR // 2) % N_HAIR,
+                                                             (starts[0][1] + N_EYES // 2) % N_EYES)]
+    plain = common.unwrap(generator)
+    device = next(plain.parameters()).device
+    start, end = (plain.embed(torch.tensor(pairs, device=device)) for pairs in (starts, ends))
+    t = torch.linspace(0, 1, steps, device=device).view(1, steps, 1)
+    tags = (start[:, None] * (1 - t) + end[:, None] * t).flatten(0, 1)
+    noise = torch.randn(len(starts), plain.nz, generator=torch.Generator().manual_seed(seed)).repeat_interleave(steps, 0)
+    names = [f"{HAIR_COLOURS[a[0]]}/{EYE_COLOURS[a[1]]} -> {HAIR_COLOURS[b[0]]}/{EYE_COLOURS[b[1]]}"
+             for a, b in zip(starts, ends)]
+    return sample(generator, noise.to(device), tags=tags), names
 
 
 # ---------------------------------------------------------------------------
-# Losses and the training step
+# Training step: one discriminator update on three kinds of pairs, and (unless batch["update_generator"] is
+# False: --n-critic) one generator update. This is the part to change: the loop logs, plots and checks
+# whatever values it returns.
 # ---------------------------------------------------------------------------
 def gradient_penalty(critic, real_images, fake_images, labels):
-    """WGAN-GP: lambda * E[(||grad_x D(x_hat, tags)||_2 - 1)^2], x_hat on lines between real and fake images."""
+    """WGAN-GP: E[(||grad_x D(x_hat, tags)||_2 - 1)^2], x_hat on lines between real and fake images."""
     alpha = torch.rand(real_images.shape[0], 1, 1, 1, device=real_images.device)
     mixed = (alpha * real_images + (1 - alpha) * fake_images).requires_grad_(True)
     scores = critic(mixed, labels)
@@ -375,8 +494,7 @@ def targets(logits, real, soft):
 
 
 def train_step(models, optimizers, batch, args):
-    """One discriminator update on three kinds of pairs, and (every --n-critic steps: batch["update_generator"])
-    one generator update. (real, right tags) -> real; (fake, right tags) -> fake; (real, wrong tags) -> fake."""
+    """(real, right tags) -> real; (fake, right tags) -> fake; (real, wrong tags) -> fake."""
     generator, discriminator = models["generator"], models["discriminator"]
     opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
     real_images = batch["images"]
@@ -420,396 +538,208 @@ def train_step(models, optimizers, batch, args):
         common.optimizer_step(opt_g, loss_g, args.skip_nonfinite)
     else:  # a critic-only step: report the generator loss the critic saw, at no extra cost
         loss_g = bce(logits_fake, torch.ones_like(logits_fake)) if args.loss == "bce" else -logits_fake.mean()
-    out = {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
-    if args.loss == "bce":
-        out["d_real"] = torch.sigmoid(logits_real.detach().float()).mean()
-        out["d_fake"] = torch.sigmoid(logits_fake.detach().float()).mean()
+    values = {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
+    if args.loss == "bce":  # d_real/d_fake feed the health monitor
+        values["d_real"] = torch.sigmoid(logits_real.detach().float()).mean()
+        values["d_fake"] = torch.sigmoid(logits_fake.detach().float()).mean()
         if use_wrong:
-            out["d_wrong"] = torch.sigmoid(logits_wrong.detach().float()).mean()
-    return out
+            values["d_wrong"] = torch.sigmoid(logits_wrong.detach().float()).mean()
+    return values
 
 
 # ---------------------------------------------------------------------------
-# Attribute classifier (hair head, eye head): scores generated faces
+# Scores during training
 # ---------------------------------------------------------------------------
-CLASSIFIER_SIZE = 32  # faces are judged at 32 px: colours survive the downscale, and it is fast on a CPU
-
-
-class AttributeClassifier(nn.Module):
-    """A small CNN with two heads: hair colour (12) and eye colour (11)."""
-
-    def __init__(self, width=24):
-        super().__init__()
-
-        def block(c_in, c_out):
-            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
-
-        self.features = nn.Sequential(*block(3, width), *block(width, width), nn.MaxPool2d(2),
-                                      *block(width, 2 * width), *block(2 * width, 2 * width), nn.MaxPool2d(2),
-                                      *block(2 * width, 4 * width), nn.MaxPool2d(2), nn.Flatten(),
-                                      nn.Linear(4 * width * 16, 128), nn.ReLU(True))
-        self.hair_head = nn.Linear(128, N_HAIR)
-        self.eye_head = nn.Linear(128, N_EYES)
-
-    def forward(self, images):
-        if images.shape[-1] != CLASSIFIER_SIZE:
-            images = F.interpolate(images, size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE), mode="area")
-        h = self.features(images)
-        return self.hair_head(h), self.eye_head(h)
-
-
-def augment(images, generator):
-    """Flip, shift by up to 2 px, and add noise: the classifier must also read imperfect generated faces."""
-    n = images.shape[0]
-    flip = torch.rand(n, 1, 1, 1, generator=generator) < 0.5
-    images = torch.where(flip, images.flip(3), images)
-    dx, dy = torch.randint(-2, 3, (2,), generator=generator).tolist()
-    images = torch.roll(images, (dy, dx), (2, 3))
-    noise_level = torch.rand(n, 1, 1, 1, generator=generator) * 0.12
-    return images + noise_level * torch.randn(images.shape, generator=generator)
-
-
-def _classifier_data(n, seed):
-    """Synthetic faces for the classifier: half drawn at 32 px, half at 64 px and shrunk (as generated 64 px faces are)."""
-    half = n // 2
-    small, hair_a, eyes_a = synthetic.faces(half, CLASSIFIER_SIZE, seed=seed)
-    large, hair_b, eyes_b = synthetic.faces(n - half, 64, seed=seed + 1)
-    large = common.to_uint8_images(large, CLASSIFIER_SIZE, 3)
-    return torch.cat([small, large]), torch.stack([torch.cat([hair_a, hair_b]), torch.cat([eyes_a, eyes_b])], 1)
-
-
-def _accuracy(classifier, images, labels, batch_size=512):
-    hair_right, eye_right = [], []
-    classifier.eval()
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            hair_logits, eye_logits = classifier(images[start:start + batch_size])
-            hair_right.append(hair_logits.argmax(1) == labels[start:start + batch_size, 0])
-            eye_right.append(eye_logits.argmax(1) == labels[start:start + batch_size, 1])
-    hair_right, eye_right = torch.cat(hair_right), torch.cat(eye_right)
-    return {"hair_acc": hair_right.float().mean().item(), "eye_acc": eye_right.float().mean().item(),
-            "both_acc": (hair_right & eye_right).float().mean().item(), "n": len(images)}
-
-
-def train_classifier(out_path, data_dir=None, device="cpu", seed=0, n_faces=16000, n_test=2640, epochs=5,
-                     verbose=True):
-    """Train the hair/eye classifier on synthetic faces (or the MLDS data in data_dir) and save it to out_path.
-    Returns its held-out accuracy: the ceiling any generator's score can reach."""
-    start = time.perf_counter()
-    device = torch.device(device)
-    torch.manual_seed(seed)
-    if data_dir is None:
-        images, labels = _classifier_data(n_faces, seed=seed + 7919)  # faces no generator trained on
-        test_images, test_labels = _classifier_data(n_test, seed=seed + 104729)
-    else:
-        images, labels = load_anime(data_dir, CLASSIFIER_SIZE, verbose=verbose)
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-        held_out = max(1, len(images) // 10)  # a tenth of the real faces, never trained on
-        test_images, test_labels = images[order[:held_out]], labels[order[:held_out]]
-        images, labels = images[order[held_out:]], labels[order[held_out:]]
-    to_float = lambda x: x.float().div(127.5).sub(1)  # noqa: E731 - [-1, 1], like the generators' samples
-    classifier = AttributeClassifier().to(device)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=2e-3)
-    batch_size = 128
-    steps = epochs * (len(images) // batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=max(steps, 1))
-    rng = torch.Generator().manual_seed(seed)
-    bar = common.progress_bar(steps, desc="classifier", disable=not verbose)
-    for _ in range(epochs):
-        classifier.train()
-        order = torch.randperm(len(images), generator=rng)
-        for b in range(len(images) // batch_size):
-            index = order[b * batch_size:(b + 1) * batch_size]
-            x = augment(to_float(images[index]), rng).to(device)
-            y = labels[index].to(device)
-            hair_logits, eye_logits = classifier(x)
-            loss = F.cross_entropy(hair_logits, y[:, 0]) + F.cross_entropy(eye_logits, y[:, 1])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            bar.update(1)
-    bar.close()
-    ceiling = _accuracy(classifier, to_float(test_images).to(device), test_labels.to(device))
-    ceiling["seconds"] = time.perf_counter() - start
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    common.save_checkpoint(out_path, {"format": common.CHECKPOINT_FORMAT, "script": "faces_classifier",
-                                      "data": "synthetic" if data_dir is None else os.path.abspath(data_dir),
-                                      "hair_colours": list(HAIR_COLOURS), "eye_colours": list(EYE_COLOURS),
-                                      "image_size": CLASSIFIER_SIZE, "model": classifier.state_dict(),
-                                      "ceiling": ceiling})
-    if verbose:
-        print(f"classifier saved to {out_path}: held-out hair {ceiling['hair_acc']:.3f}, eyes {ceiling['eye_acc']:.3f}, "
-              f"both {ceiling['both_acc']:.3f} ({ceiling['seconds']:.0f} s)", file=sys.stderr)
-    return {**ceiling, "path": out_path}
-
-
-def load_classifier(path, device):
-    if not os.path.isfile(path):
-        raise common.UserError(f"no attribute classifier at {path}: train one with "
-                               f"`python evaluate.py --train-classifier faces`")
-    checkpoint = common.load_checkpoint(path, map_location=device)
-    if checkpoint["script"] != "faces_classifier":
-        raise common.UserError(f"{path} is not a faces attribute classifier (it was written by {checkpoint['script']})")
-    classifier = AttributeClassifier().to(device)
-    classifier.load_state_dict(checkpoint["model"])
-    return classifier.eval(), checkpoint
-
-
-def score_generator(generator, args, classifier_path, device, n_per_pair=16, seed=0):
-    """Hair, eye and both-right accuracy of the classifier on generated faces, balanced over all 12 x 11 tag
-    pairs (n_per_pair each). `args`: the plain args dict of the generator's checkpoint."""
-    if args.get("unconditional"):
-        raise common.UserError("an unconditional generator draws no requested colours: nothing to score")
-    device = torch.device(device)
-    classifier, _ = load_classifier(classifier_path, device)
-    pairs = torch.tensor([(h, e) for h in range(N_HAIR) for e in range(N_EYES)], dtype=torch.int64)
-    labels = pairs.repeat(n_per_pair, 1)  # every batch mixes all pairs, so train-mode BN sees a balanced batch
-    noise = torch.randn(len(labels), args["nz"], generator=torch.Generator().manual_seed(seed))
-    images = torch.cat([sample(generator, noise[i:i + 264].to(device), labels[i:i + 264].to(device)).float()
-                        for i in range(0, len(labels), 264)])
-    return _accuracy(classifier, images, labels.to(device))
-
-
-def face_count(sheet_path_or_images, cascade_path):
-    """The MLDS grading check: faces OpenCV's lbpcascade_animeface finds on the 5x5 sheet (pass: >= 20 of 25).
-    Grey, histogram-equalised, detectMultiScale(scaleFactor=1.1, minNeighbors=5, minSize=(24, 24)).
-    Takes a PNG path, or images (N, 3, H, W) in [-1, 1], laid out 5 per row and enlarged as samples/cgan.png is."""
+def prepare_scores(args, device):
+    """--eval-every: hair, eye and both-right accuracy of the attribute classifier on faces drawn for all 12 x 11
+    tag pairs, from evaluate.py (imported only then; the classifier is loaded now, not after an epoch)."""
     try:
-        import cv2
-    except ImportError:
-        raise common.UserError('the face count needs OpenCV: pip install "opencv-python-headless<5"') from None
-    if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved the cascade detector out of the main package
-        raise common.UserError(f'OpenCV {cv2.__version__} has no CascadeClassifier: pip install "opencv-python-headless<5"')
-    if not os.path.isfile(cascade_path):
-        raise common.UserError(f"cascade file not found: {cascade_path} (get lbpcascade_animeface.xml from "
-                               f"https://github.com/nagadomi/lbpcascade_animeface)")
-    cascade = cv2.CascadeClassifier(cascade_path)
-    if cascade.empty():
-        raise common.UserError(f"{cascade_path} is not an OpenCV cascade file")
-    if isinstance(sheet_path_or_images, (str, os.PathLike)):
-        picture = cv2.imread(str(sheet_path_or_images))
-        if picture is None:
-            raise common.UserError(f"cannot read image {sheet_path_or_images}")
-        grey = cv2.cvtColor(picture, cv2.COLOR_BGR2GRAY)
-    else:
-        images = common.to_image_uint8(sheet_path_or_images)
-        if images.shape[-1] < 64:  # common.save_grid enlarges small faces (nearest) to about 128 px
-            images = F.interpolate(images, scale_factor=128 // images.shape[-1], mode="nearest")
-        grey = cv2.cvtColor(common.image_grid(images, 5, padding=0), cv2.COLOR_RGB2GRAY)
-    grey = cv2.equalizeHist(grey)
-    found = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-    return len(found)
+        import evaluate
+    except ImportError as e:
+        raise common.UserError(f"--eval-every needs evaluate.py next to this script ({e})") from None
+    classifier, _ = evaluate.faces_load_classifier(args.classifier, device)
+    return lambda generator: evaluate.faces_score(lambda noise, labels: sample(generator, noise, labels),
+                                                  (args.nz,), classifier, device, n_per_pair=8)
 
 
 # ---------------------------------------------------------------------------
-# Training loop
+# Training
 # ---------------------------------------------------------------------------
-LOG_FIELDS = ["step", "epoch", "loss_d", "loss_g", "d_real", "d_fake", "d_wrong", "hair_acc", "eye_acc", "both_acc",
-              "images_per_s"]
-GRID_COLUMNS = 8
-
-
-def show_labels(show):
-    """--show tags -> (labels (rows * 8, 2) for the sample grid, row names)."""
-    pairs = [parse_tag_text(text) for text in show]
-    return torch.tensor([pair for pair in pairs for _ in range(GRID_COLUMNS)], dtype=torch.int64), list(show)
-
-
-def write_tag_sheet(generator, tags_file, nz, path, device, seed):
-    """The course's samples/cgan.png: one face per line of testing_tags.txt (first 25), 5 per row."""
-    rows = parse_tags_csv(tags_file)[:25]
-    labels = torch.tensor([(hair, eye) for _, hair, eye in rows], dtype=torch.int64, device=device)
-    noise = torch.randn(len(rows), nz, generator=torch.Generator().manual_seed(seed)).to(device)
-    common.save_grid(sample(generator, noise, labels), path, nrow=5)
-    return path
-
-
 def train(args):
+    # Setup: every input error (flags, data, tag sheet, checkpoint, classifier) surfaces before anything is written.
     dist = common.setup_distributed(args.device)
     device, master = dist.device, dist.is_master
-    common.seed_everything(args.seed, args.deterministic)
     out = args.out = args.out or common.default_run_dir(SCRIPT)
-    if args.tags_file is not None:
-        if not os.path.isfile(args.tags_file):
-            raise common.UserError(f"--tags-file {args.tags_file} not found")
-        parse_tags_csv(args.tags_file)  # a malformed line fails now, not after training
-    images, labels = load_data(args)  # all data errors surface before anything is written
-    if args.resume not in (None, "auto"):  # and checkpoint errors too
-        common.load_checkpoint(args.resume, SCRIPT)
-    if len(images) // dist.world_size < args.batch_size:
-        raise common.UserError(f"the dataset has {len(images)} images: fewer than one batch of {args.batch_size} "
-                               f"per process; lower --batch-size")
-    if master:
-        common.prepare_run_dir(out, resume=args.resume is not None)
-        common.write_config(out, args, SCRIPT, device, {"images": len(images)})
-    scoring = not args.unconditional and os.path.isfile(args.classifier)
-    if master and not args.unconditional and not scoring:
-        print(f"note: no attribute classifier at {args.classifier}: hair/eye accuracy is not logged "
-              f"(python evaluate.py --train-classifier faces)", file=sys.stderr)
-
-    torch.manual_seed(args.seed)  # identical initial weights on every rank
-    models, optimizers = build(args, device)
-    noise_source = torch.Generator().manual_seed(args.seed)
-    grid_labels, row_names = show_labels(args.show)
-    # The same 8 noise vectors in every row: rows differ only by their tags.
-    fixed_noise = torch.randn(GRID_COLUMNS, args.nz, generator=noise_source).repeat(len(args.show), 1).to(device)
-    if args.unconditional:
-        fixed_noise, row_names = torch.randn(64, args.nz, generator=noise_source).to(device), None
+    checkpoint, resume_path = common.find_resume_checkpoint(args.resume, out, SCRIPT, map_location=device)
+    if checkpoint is not None:  # a resumed run keeps its settings (model shapes, data, losses, learning rates)
+        args = common.settings_from_checkpoint(args, checkpoint, resume_path)
+    common.seed_everything(args.seed, args.deterministic)
+    sheet_labels = read_tag_sheet(args.tags_file).to(device) if args.tags_file else None
+    images, labels = load_data(args)
     loader = common.DeviceLoader(images, labels, args.batch_size, device, seed=args.seed, rank=dist.rank,
                                  world_size=dist.world_size, normalize=not args.no_normalize)
-    epoch, batch_in_epoch, step = 0, 0, 0
-    history = {"step": [], "loss_d": [], "loss_g": [], "d_real": [], "d_fake": [], "d_wrong": [],
-               "score_epoch": [], "hair_acc": [], "eye_acc": [], "both_acc": []}
-    meter = common.LossMeter()
+    steps_per_epoch = len(loader)
+    last_step = args.epochs * steps_per_epoch if args.max_steps is None else min(args.max_steps, args.epochs * steps_per_epoch)
+    score = prepare_scores(args, device) if args.eval_every and master else None
+    if args.track and master:
+        common.require_tensorboard()
 
-    resume_path = common.resolve_resume(args.resume, out)
-    if resume_path:
-        checkpoint = common.load_checkpoint(resume_path, SCRIPT, map_location=device)
-        for key in models:
-            models[key].load_state_dict(checkpoint[key])
-        for key in optimizers:
-            optimizers[key].load_state_dict(checkpoint["optimizers"][key])
-        epoch, batch_in_epoch, step = checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["step"]
-        history, fixed_noise = checkpoint["history"], checkpoint["fixed_noise"].to(device)
-        meter.load_state_dict(checkpoint["meter"], device)
-        common.set_rng_state(checkpoint["rng"])
-        if batch_in_epoch >= len(loader):  # a different batch size or process count: start the next epoch
-            epoch, batch_in_epoch = epoch + 1, 0
-        if master:
-            print(f"resumed from {resume_path} at epoch {epoch}, step {step}", file=sys.stderr)
+    # Models, optimizers, fixed noise and tags for the sample grids; then the checkpoint's state over them.
+    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    conditional = not args.unconditional
+    networks, optimizers = build(args, device)
+    generator, discriminator = networks["generator"], networks["discriminator"]
+    ema_generator = copy.deepcopy(generator).requires_grad_(False) if args.ema > 0 else None
+    fixed_noise, grid_labels, row_names = grid_inputs(args.show, args.nz, GRID_COLUMNS, args.seed, conditional)
+    fixed_noise, grid_labels = fixed_noise.to(device), None if grid_labels is None else grid_labels.to(device)
+    saved = dict(networks)
+    if ema_generator is not None:
+        saved["generator_ema"] = ema_generator
+    step = 0
+    if checkpoint is not None:
+        common.restore_training_state(checkpoint, resume_path, saved, optimizers)
+        step = checkpoint["step"]
+        if step >= last_step or args.max_minutes is not None and checkpoint.get("elapsed_s", 0.0) >= 60 * args.max_minutes:
+            common.say_finished(resume_path, step, master)
+            return out
     if dist.rank > 0:  # different noise per rank, same weights
         torch.manual_seed(args.seed + 1000 * dist.rank + step)
+    models = {"generator": common.maybe_compile(common.wrap_ddp(generator, dist, args.sync_bn), args.compile),
+              "discriminator": common.maybe_compile(common.wrap_ddp(discriminator, dist, args.sync_bn), args.compile)}
+    shown_generator = ema_generator if ema_generator is not None else generator  # what grids and evaluate.py use
+    shown_real = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[:64]  # tags.csv is sorted
+    real_reference = images[shown_real].to(device).float().div(127.5).sub(1)  # [-1, 1], as sample() returns
 
-    train_models = {k: common.maybe_compile(common.wrap_ddp(m, dist, args.sync_bn), args.compile) for k, m in models.items()}
-    logger = common.CSVLogger(os.path.join(out, "log.csv"), LOG_FIELDS, resume_step=step if resume_path else None,
-                              tensorboard_dir=os.path.join(out, "tb") if args.track else None) if master else None
-    monitor = common.HealthMonitor(enabled=master)
-    real_reference = images[:64].float().div(127.5).sub(1).to(device)
-    total_steps = args.epochs * len(loader) if args.max_steps is None else min(args.max_steps, args.epochs * len(loader))
+    lock = common.claim_run_folder(out, resume=checkpoint is not None) if master else None  # all checks passed
+    if master and checkpoint is None:
+        common.write_config(out, args, SCRIPT, device, {"training_images": len(images)})
+        common.save_grid(real_reference, os.path.join(out, "real.png"), nrow=8, title="real images")
+    log = common.TrainLog(out, args, dist, last_step, step, checkpoint, desc=SCRIPT)
 
-    def save(path, finished=False):
-        common.save_checkpoint(path, {
-            "format": common.CHECKPOINT_FORMAT, "script": SCRIPT, "args": common.plain_args(args),
-            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "finished": finished,
-            "generator": common.unwrap(models["generator"]).state_dict(),
-            "discriminator": common.unwrap(models["discriminator"]).state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "rng": common.rng_state(), "history": history, "fixed_noise": fixed_noise.cpu(), "meter": meter.state_dict(),
-            "world_size": dist.world_size, "replica_divergence": divergence})
-
-    def log(images_per_s):
-        means = meter.means()
-        if not means:
-            return
-        common.check_finite(means, step, args.skip_nonfinite)
-        monitor.update(means, step)
-        history["step"].append(step)
-        for k in ("loss_d", "loss_g", "d_real", "d_fake", "d_wrong"):
-            history[k].append(means.get(k, float("nan")))
-        if master:
-            logger.log({"step": step, "epoch": epoch, **means, "images_per_s": images_per_s})
-            bar.set_postfix(loss_d=f"{means['loss_d']:.3f}", loss_g=f"{means['loss_g']:.3f}",
-                            img_s=f"{images_per_s:.0f}", refresh=False)
-
-    def write_samples(label):
-        generator = models["generator"]
-        images_now = sample(generator, fixed_noise, None if args.unconditional else grid_labels.to(device))
-        monitor.check_samples(images_now, real_reference, label)
-        common.save_grid(images_now, os.path.join(out, "samples", f"epoch_{label:03d}.png"), nrow=GRID_COLUMNS,
-                         row_labels=row_names)
-        common.save_gif(sorted(glob.glob(os.path.join(out, "samples", "epoch_*.png"))), os.path.join(out, "progress.gif"))
-        common.plot_losses(history, os.path.join(out, "losses.png"), title=f"{SCRIPT} losses ({args.loss})")
-        if args.tags_file:
-            write_tag_sheet(generator, args.tags_file, args.nz, os.path.join(out, "samples", "cgan.png"), device, args.seed)
-
-    def write_scores():
-        scores = score_generator(models["generator"], common.plain_args(args), args.classifier, device, n_per_pair=8)
-        history["score_epoch"].append(epoch)
-        for k in ("hair_acc", "eye_acc", "both_acc"):
-            history[k].append(scores[k])
-        logger.log({"step": step, "epoch": epoch, **{k: scores[k] for k in ("hair_acc", "eye_acc", "both_acc")}})
-        common.plot_curves({k: (history["score_epoch"], history[k]) for k in ("hair_acc", "eye_acc", "both_acc")},
-                           os.path.join(out, "accuracy.png"), title="attribute accuracy of generated faces",
-                           xlabel="epoch", ylabel="accuracy")
-        print(f"\nepoch {epoch}: hair {scores['hair_acc']:.3f}  eyes {scores['eye_acc']:.3f}  "
-              f"both {scores['both_acc']:.3f}", file=sys.stderr, flush=True)
-
-    bar = common.progress_bar(total_steps, initial=step, desc=SCRIPT, disable=not master or args.no_progress)
-    interval_start, interval_steps, stopped, divergence = time.perf_counter(), 0, False, 0.0
+    # The loop: `step` is the only counter; an epoch ends every steps_per_epoch steps.
     with common.GracefulExit() as stop:
-        while epoch < args.epochs and not stopped:
-            for images_batch, labels_batch in loader.epoch(epoch, batch_in_epoch):
-                batch = {"images": images_batch, "labels": labels_batch,
-                         "update_generator": (step + 1) % args.n_critic == 0}
-                meter.add(train_step(train_models, optimizers, batch, args))
-                step, batch_in_epoch, interval_steps = step + 1, batch_in_epoch + 1, interval_steps + 1
-                bar.update(1)
-                at_limit = args.max_steps is not None and step >= args.max_steps
-                if step % args.log_every == 0 or at_limit:
-                    log(interval_steps * args.batch_size * dist.world_size / (time.perf_counter() - interval_start))
-                    interval_start, interval_steps = time.perf_counter(), 0
-                if at_limit or (stop if not dist.enabled else step % args.log_every == 0 and common.stop_requested(stop, dist)):
-                    stopped = True
+        while step < last_step:
+            real_images, real_labels = loader.batch(step)
+            batch = {"images": real_images, "labels": real_labels, "update_generator": (step + 1) % args.n_critic == 0}
+            values = train_step(models, optimizers, batch, args)
+            if ema_generator is not None:
+                common.update_ema(ema_generator, generator, args.ema, step)
+            step += 1
+            epoch = -(-step // steps_per_epoch)  # the epoch this step belongs to (1-based)
+            log.add(values, step, epoch)
+            time_is_up = args.max_minutes is not None and log.minutes() >= args.max_minutes
+            stopping = common.stop_requested(stop, time_is_up, dist, step, args.log_every)  # same on all ranks
+            epoch_done = step % steps_per_epoch == 0
+            if not (epoch_done or stopping or step == last_step):
+                continue
+
+            # End of an epoch, of the run, or an interruption: log, samples, scores, checkpoints.
+            finished = step == last_step or stopping == "time"
+            if epoch_done or finished:  # an interrupted run keeps its unlogged steps in last.pt (exact resume)
+                log.flush(step, epoch)
+            divergence = common.replica_divergence(generator, dist) if finished else 0.0  # every rank takes part
+            if not master:
+                if stopping or finished:
                     break
-            if batch_in_epoch == len(loader):  # a whole epoch is done (also when a stop came with its last batch)
-                epoch, batch_in_epoch = epoch + 1, 0
-                log(interval_steps * args.batch_size * dist.world_size / max(time.perf_counter() - interval_start, 1e-9))
-                interval_start, interval_steps = time.perf_counter(), 0
-            finished = epoch >= args.epochs or (args.max_steps is not None and step >= args.max_steps)
-            if finished:  # every rank takes part in this check
-                divergence = common.replica_divergence(models["generator"], dist)
-            if master and (finished or stopped or epoch == 1 or epoch % args.sample_every == 0):
-                write_samples(epoch if batch_in_epoch == 0 else epoch + 1)  # mid-epoch: the epoch under way
-            if master and scoring and not stop and (finished or (not stopped and epoch % args.score_every == 0)):
-                write_scores()
-            if master:
-                save(os.path.join(out, "last.pt"), finished=finished)
-                if not stopped and epoch % args.save_every == 0:
-                    save(os.path.join(out, f"epoch_{epoch:03d}.pt"), finished=finished)
-            if finished:
+                continue
+            if finished or stopping or epoch == 1 or epoch % args.sample_every == 0:
+                samples = sample(shown_generator, fixed_noise, grid_labels)
+                log.monitor.check_samples(samples, real_reference, epoch, step)
+                common.save_grid(samples, os.path.join(out, "samples", f"epoch_{epoch:03d}.png"), nrow=GRID_COLUMNS,
+                                 row_labels=row_names, title=f"epoch {epoch}, step {step}")
+                common.save_gif(sorted(glob.glob(os.path.join(out, "samples", "epoch_*.png"))),
+                                os.path.join(out, "progress.gif"))
+                common.plot_losses(log.history, os.path.join(out, "losses.png"), title=f"{SCRIPT} losses ({args.loss})")
+                if sheet_labels is not None:
+                    write_tag_sheet(shown_generator, sheet_labels, os.path.join(out, "samples", "cgan.png"), args.seed,
+                                    title=f"epoch {epoch}, step {step}")
+            is_best = False
+            if score is not None and epoch_done and not stop and epoch % args.eval_every == 0:
+                accuracy = score(shown_generator)
+                log.record(step, epoch, **{k: accuracy[k] for k in ACCURACIES})
+                scores = log.history["scores"]
+                is_best = scores["both_acc"][-1] >= max(scores["both_acc"])
+                common.plot_curves({k: (scores["epoch"], scores[k]) for k in ACCURACIES}, os.path.join(out, "accuracy.png"),
+                                   title=f"{SCRIPT}: attribute accuracy of generated faces", xlabel="epoch",
+                                   ylabel="accuracy")
+            checkpoint = {"format": common.CHECKPOINT_FORMAT, "script": SCRIPT, "args": common.plain_args(args),
+                          "class_names": EVAL["class_names"], "step": step, "epoch": epoch, "finished": finished,
+                          **{name: module.state_dict() for name, module in saved.items()},
+                          "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                          "rng": common.rng_state(), "fixed_noise": fixed_noise.cpu(),
+                          "fixed_labels": None if grid_labels is None else grid_labels.cpu(), **log.state_dict(),
+                          "world_size": dist.world_size, "replica_divergence": divergence}
+            common.save_checkpoint(os.path.join(out, "last.pt"), checkpoint)
+            if epoch_done and epoch % args.save_every == 0:
+                common.save_checkpoint(os.path.join(out, f"epoch_{epoch:03d}.pt"), checkpoint)
+            if is_best:
+                common.save_checkpoint(os.path.join(out, "best.pt"), checkpoint)
+            if stopping or finished:
                 break
-        bar.close()
-        if logger:
-            logger.close()
-        if stop:
-            raise SystemExit(130)
-    common.cleanup_distributed(dist)
-    if master:
-        print(f"done: {out}", file=sys.stderr)
+    log.close()
+    if lock is not None:
+        lock.close()
+    if stop:
+        raise SystemExit(130)
     return out
 
 
+# ---------------------------------------------------------------------------
+# Generate from a checkpoint (no training)
+# ---------------------------------------------------------------------------
 def generate(args):
-    """--generate --checkpoint PATH: the --show grid (and the --tags-file sheet) from a trained generator."""
+    """--generate N --checkpoint PATH: N faces per --show pair in a grid (+ one PNG each, the --tags-file sheet
+    and its face count, interpolation sheets)."""
+    grid_path = common.check_output_path(args.grid_out or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)), "generated.png"), "--grid-out")
+    sheet_path = os.path.join(os.path.dirname(os.path.abspath(grid_path)), "cgan.png")
+    sheet_labels = read_tag_sheet(args.tags_file) if args.tags_file else None
+    if sheet_labels is not None:
+        common.check_output_path(sheet_path, "the --tags-file sheet")
     device = common.pick_device(args.device)
     checkpoint = common.load_checkpoint(args.checkpoint, SCRIPT, map_location=device)
-    if args.tags_file:
-        parse_tags_csv(args.tags_file)  # a bad file fails before anything is written
-    generator = build_generator(checkpoint["args"]).to(device)
-    generator.load_state_dict(checkpoint["generator"])
-    nz = checkpoint["args"]["nz"]
-    folder = os.path.dirname(os.path.abspath(args.checkpoint))
-    noise_source = torch.Generator().manual_seed(args.seed)
-    if checkpoint["args"]["unconditional"]:
-        images, row_names = sample(generator, torch.randn(64, nz, generator=noise_source).to(device)), None
-    else:  # the same noise in every row, as in training's grids
-        labels, row_names = show_labels(args.show)
-        noise = torch.randn(GRID_COLUMNS, nz, generator=noise_source).repeat(len(args.show), 1)
-        images = sample(generator, noise.to(device), labels.to(device))
-    path = common.save_grid(images, os.path.join(folder, "generated.png"), nrow=GRID_COLUMNS, row_labels=row_names)
-    print(f"wrote {path}")
-    if args.tags_file and not checkpoint["args"]["unconditional"]:
-        sheet = write_tag_sheet(generator, args.tags_file, nz, os.path.join(folder, "cgan.png"), device, args.seed)
-        print(f"wrote {sheet}")
-    return path
+    settings = checkpoint["args"]
+    generator = common.rebuild(build_generator, settings, args.checkpoint).to(device)
+    common.load_weights(generator, checkpoint.get("generator_ema", checkpoint["generator"]), args.checkpoint)
+    conditional = not settings["unconditional"]
+    noise, labels, row_names = grid_inputs(args.show, settings["nz"], args.generate, args.seed, conditional)
+    images = sample(generator, noise.to(device), None if labels is None else labels.to(device))
+    common.save_grid(images, grid_path, nrow=args.generate, row_labels=row_names)
+    written = [grid_path]
+    if args.png_dir:
+        written.append(common.save_pngs(images, args.png_dir))
+    if sheet_labels is not None:
+        written.append(write_tag_sheet(generator, sheet_labels.to(device), sheet_path, args.seed))
+    if args.interpolate:  # 8 rows, each a walk through the latent space between two random points
+        stem = os.path.splitext(grid_path)[0]
+        walk_labels, names = None, None
+        if conditional:  # the --show pairs in turn, one per row
+            names = [args.show[r % len(args.show)] for r in range(8)]
+            walk_labels = torch.tensor([parse_tag_text(text) for text in names]).repeat_interleave(10, 0).to(device)
+        walk = sample(generator, common.interpolation_noise(8, 10, settings["nz"], args.seed).to(device), walk_labels)
+        written.append(common.save_grid(walk, stem + "_interpolation.png", nrow=10, row_labels=names))
+        if conditional:
+            sheet, names = tag_interpolation(generator, args.show, args.seed)
+            written.append(common.save_grid(sheet, stem + "_conditions.png", nrow=10, row_labels=names))
+    print("wrote " + ", ".join(written))
+    if args.cascade:
+        try:
+            import evaluate
+        except ImportError as e:
+            raise common.UserError(f"--cascade needs evaluate.py next to this script ({e})") from None
+        print(f"{sheet_path}: OpenCV's anime cascade finds {evaluate.faces_count(sheet_path, args.cascade)} faces "
+              f"of {len(sheet_labels)} (the course's pass mark: 20 of 25)")
+    return grid_path
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.generate:
+    if args.generate is not None:
         return generate(args)
-    return train(args)
+    try:
+        return train(args)
+    finally:
+        common.cleanup_distributed()
 
 
 if __name__ == "__main__":

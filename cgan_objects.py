@@ -2,26 +2,32 @@
 
 Papers: Mirza & Osindero, "Conditional Generative Adversarial Nets" (2014); Radford et al. (DCGAN, ICLR 2016);
 Miyato & Koyama, "cGANs with Projection Discriminator" (ICLR 2018); Odena et al. (AC-GAN, ICML 2017);
-Arjovsky et al. (WGAN) and Gulrajani et al. (WGAN-GP) for --loss. Coursework: the i-CLEVR lab (24 objects =
-8 colours x 3 shapes, 1-3 objects per picture, a multi-hot condition), scored by a classifier on the 32
-condition lists of test.json and new_test.json.
+de Vries et al. (conditional BatchNorm, 2017); Arjovsky et al. (WGAN) and Gulrajani et al. (WGAN-GP) for --loss;
+Zhao et al. (DiffAugment, NeurIPS 2020) for --translate. Coursework: the i-CLEVR lab (24 objects = 8 colours x
+3 shapes, 1-3 objects per picture, a multi-hot condition), scored by a classifier on the 32 condition lists of
+test.json and new_test.json.
 
 Score: for each generated 64x64 image with k requested objects, the classifier's top-k labels are compared
 with the request; score = hits / requested labels over the list (72 labels in test.json, 84 in new_test.json).
+best.pt is picked on 32 held-out validation conditions, not on the lists it is scored on.
 
 Run (offline: procedural scenes from synthetic.py):
     python evaluate.py --train-classifier objects     # once: the object classifier that scores samples
     python cgan_objects.py --image-size 32            # our defaults at the CPU size
     # the 30-minute CPU benchmark (README: >= 0.90 on both lists):
-    python cgan_objects.py --image-size 32 --ngf 32 --ndf 32 --amp --n-scenes 60000 --aux-weight 2 --max-minutes 30 --epochs 200
+    python cgan_objects.py --image-size 32 --ngf 32 --ndf 32 --amp --n-images 60000 --aux-weight 2 --max-minutes 30 --epochs 200
     python cgan_objects.py                            # 64x64, as the lab asks (GPU)
     python cgan_objects.py --data iclevr --data-dir data/iclevr --classifier checkpoint.pth   # the lab's data
     python cgan_objects.py --d-cond map --loss bce --lr-g 2e-4 --lr-d 1e-4   # report 004: condition map, DCGAN loss
     python cgan_objects.py --loss wgan-clip                                  # report 003: WGAN, RMSprop, clipping
-    python cgan_objects.py --generate --checkpoint runs/<run>/last.pt --objects "red cube" "blue sphere"
+    python cgan_objects.py --generate 8 --checkpoint runs/<run>/best.pt --objects "red cube" "blue sphere" --interpolate
     python evaluate.py runs/<run>/last.pt             # the same two scores, from the checkpoint
 On several GPUs (one process each; --batch-size is per process):
     torchrun --standalone --nproc_per_node=4 cgan_objects.py --device cuda
+
+Data: --data synthetic renders scenes with synthetic.scenes; --data iclevr reads the lab's objects.json,
+train.json and PNGs (decoded once, squashed to the image size and cached next to train.json). The condition
+lists come from --test-dir, else from --data-dir with --data iclevr, else synthetic lists of the lab's make-up.
 """
 
 import argparse
@@ -30,7 +36,6 @@ import glob
 import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -38,19 +43,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-import synthetic
 
-SCRIPT = "cgan_objects"
-OBJECTS = synthetic.SCENE_OBJECTS  # index = 8 * shape + colour, as in the lab's objects.json
-N_OBJECTS = len(OBJECTS)
-MAX_OBJECTS = synthetic.MAX_SCENE_OBJECTS
+SCRIPT = common.script_name(__file__)  # a copy of this file (my_gan.py) writes checkpoints of its own name
+OBJECTS = [f"{colour} {shape}" for shape in ("cube", "sphere", "cylinder")  # index = 8 * shape + colour,
+           for colour in ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")]  # as objects.json
+N_OBJECTS, MAX_OBJECTS = len(OBJECTS), 3
 EVAL = {"dataset": "objects", "conditioning": "multi-hot", "num_classes": N_OBJECTS, "class_names": OBJECTS}
-REPO = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CLASSIFIER = os.path.join(REPO, "classifiers", "objects.pt")
-SHARED_LISTS = os.path.join(os.path.dirname(REPO), "shared", "data", "iclevr")  # the lab's lists, when present
-VALIDATION_MAKE_UP = {1: 3, 2: 12, 3: 17}  # objects per condition: how many conditions (32, 78 labels)
-CLASSIFIER_SIZE = 64  # the lab's evaluator scores 64x64 images; 32x32 samples are upsampled first
+DEFAULT_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classifiers", "objects.pt")
 LIST_FILES = ("test.json", "new_test.json")
+VALIDATION_MAKE_UP = {1: 3, 2: 12, 3: 17}  # objects per condition: how many conditions (32, 78 labels)
+SCORE_REPEATS = 10  # noise draws behind the steadier *_mean scores
 
 
 # ---------------------------------------------------------------------------
@@ -58,109 +60,151 @@ LIST_FILES = ("test.json", "new_test.json")
 # ---------------------------------------------------------------------------
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Conditional GAN on i-CLEVR-like multi-object scenes.",
+                                     usage="%(prog)s [options] (see --help)",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", choices=["synthetic", "iclevr"], default="synthetic",
-                        help="synthetic: procedural scenes; iclevr: the lab's objects.json, train.json and "
-                             "images (in --data-dir, --data-dir/iclevr or --data-dir/images)")
-    parser.add_argument("--n-scenes", type=common.positive_int, default=20000,
-                        help="with --data synthetic: scenes rendered (the lab's train.json has 18,009 pictures)")
-    parser.add_argument("--cond-dim", type=common.positive_int, default=64,
-                        help="generator: the multi-hot condition goes through Linear -> ReLU to this size")
-    parser.add_argument("--g-cond", choices=["cbn", "concat"], default="cbn",
-                        help="how the generator sees the condition: concat (joined with the noise at the input) or "
-                             "cbn (also conditional BatchNorm in every layer)")
-    parser.add_argument("--d-cond", choices=["projection", "map", "channels"], default="projection",
-                        help="how the discriminator sees the condition: projection (Miyato & Koyama); map: Linear "
-                             "to one HxW map added as a 4th channel; channels: Linear to 3xHxW, 3 more channels")
-    parser.add_argument("--loss", choices=["hinge", "bce", "wgan-gp", "wgan-clip"], default="hinge",
-                        help="hinge; bce (the DCGAN loss); wgan-gp (gradient penalty); wgan-clip (RMSprop and "
-                             "weight clipping, the original WGAN)")
-    parser.add_argument("--acgan", action=argparse.BooleanOptionalAction, default=True,
-                        help="an auxiliary multi-label head on the discriminator (AC-GAN, BCE on the 24 labels); "
-                             "--no-acgan for the plain conditional GAN of the reports")
-    parser.add_argument("--aux-weight", type=common.non_negative_float, default=1.0, help="weight of the AC-GAN loss")
-    parser.add_argument("--d-norm", choices=["auto", "batch", "spectral", "none"], default="auto",
-                        help="discriminator normalisation; auto: batch, but none for wgan-gp (its penalty is per "
-                             "sample); spectral: spectral norm on every layer (Miyato et al. 2018)")
-    parser.add_argument("--translate", type=common.unit_interval, default=0.125, metavar="FRACTION",
-                        help="DiffAugment translation: every picture the discriminator sees, real or generated, is "
-                             "shifted by up to this fraction of its size (0: off); keeps it from winning outright")
-    parser.add_argument("--ngf", type=common.positive_int, default=64, help="generator feature maps")
-    parser.add_argument("--ndf", type=common.positive_int, default=64, help="discriminator feature maps")
-    parser.add_argument("--lr-g", type=common.positive_float, default=None,
-                        help="generator learning rate (default 2e-4; wgan-clip: 5e-5, the WGAN paper's RMSprop rate)")
-    parser.add_argument("--lr-d", type=common.positive_float, default=None,
-                        help="discriminator learning rate (default 2e-4; wgan-clip: 5e-5)")
-    parser.add_argument("--step-lr", type=common.positive_int, default=None, metavar="EPOCHS",
-                        help="multiply both learning rates by --gamma every EPOCHS epochs")
-    parser.add_argument("--gamma", type=common.positive_float, default=0.5, help="factor of --step-lr")
-    parser.add_argument("--ema", type=common.unit_interval, default=0.0,
-                        help="sample and score from an exponential moving average of the generator's weights with "
-                             "this decay (0: the trained weights themselves)")
-    parser.add_argument("--n-critic", type=common.positive_int, default=None,
-                        help="discriminator updates per generator update (default 1; 5 for the WGAN losses)")
-    parser.add_argument("--lambda", dest="lambda_gp", type=common.non_negative_float, default=10.0,
-                        help="wgan-gp: gradient penalty weight")
-    parser.add_argument("--clip", type=common.positive_float, default=0.01, help="wgan-clip: weight clipping bound")
-    parser.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
-                        help="object classifier that scores samples: ours (evaluate.py --train-classifier objects) "
-                             "or the lab's ResNet-18 checkpoint.pth")
-    parser.add_argument("--test-dir", default=None,
-                        help="folder with test.json and new_test.json (default: --data-dir with --data iclevr, "
-                             "else the lab's lists in ../shared/data/iclevr, else synthetic lists)")
-    parser.add_argument("--eval-every", type=common.positive_int, default=1,
-                        help="score test.json and new_test.json and save their grids every N epochs")
-    parser.add_argument("--max-minutes", type=common.positive_float, default=None,
-                        help="stop training after this many minutes (then save and score): fixed-budget runs")
-    parser.add_argument("--generate", action="store_true", help="no training: draw --objects from --checkpoint")
-    parser.add_argument("--checkpoint", default=None, help="with --generate: the checkpoint to sample from")
-    parser.add_argument("--objects", nargs="+", default=None, metavar="NAME",
-                        help="with --generate: object names, e.g. 'red cube' 'blue sphere' (1 to 3)")
-    parser.add_argument("--grid-out", default=None, help="with --generate: output PNG (default next to the checkpoint)")
-    common.add_common_args(parser, epochs=30, batch_size=64, lr=None, image_size=64, sample_every=1, save_every=10)
-    args = parser.parse_args(argv)
-    if args.image_size not in (32, 64):
-        parser.error("--image-size must be 32 or 64")
-    if args.generate and (args.checkpoint is None or args.objects is None):
-        parser.error("--generate needs --checkpoint PATH and --objects NAME [NAME ...]")
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", choices=["synthetic", "iclevr"], default="synthetic",
+                   help="synthetic: procedural scenes, offline; iclevr: the lab's objects.json, train.json and "
+                        "images (in --data-dir, --data-dir/iclevr or --data-dir/images)")
+    g.add_argument("--data-dir", default="data", help="--data iclevr: the lab's folder (its test.json and "
+                                                      "new_test.json are scored when --test-dir is not given)")
+    g.add_argument("--n-images", type=common.positive_int, default=20000,
+                   help="--data synthetic: scenes rendered in total (each holds 1-3 of the 24 objects, so there is "
+                        "no per-class count; the lab's train.json has 18,009 pictures)")
+    g.add_argument("--image-size", type=int, choices=[32, 64], default=64, help="image height and width")
+    g.add_argument("--test-dir", default=None,
+                   help="folder with the test.json and new_test.json to score; without it: --data-dir with --data "
+                        "iclevr, else synthetic lists with the lab's make-up")
+    g = parser.add_argument_group("model and training")
+    g.add_argument("--nz", type=common.positive_int, default=100, help="size of the generator's noise vector")
+    g.add_argument("--ngf", type=common.positive_int, default=64, help="generator feature maps (last block)")
+    g.add_argument("--ndf", type=common.positive_int, default=64, help="discriminator feature maps (first block)")
+    g.add_argument("--cond-dim", type=common.positive_int, default=64,
+                   help="generator: the multi-hot condition goes through Linear -> ReLU to this size")
+    g.add_argument("--g-cond", choices=["cbn", "concat"], default="cbn",
+                   help="how the generator sees the condition: concat (joined with the noise at the input) or "
+                        "cbn (also conditional BatchNorm in every layer)")
+    g.add_argument("--d-cond", choices=["projection", "map", "channels"], default="projection",
+                   help="how the discriminator sees the condition: projection (Miyato & Koyama); map: Linear "
+                        "to one HxW map added as a 4th channel; channels: Linear to 3xHxW, 3 more channels")
+    g.add_argument("--d-norm", choices=["auto", "batch", "spectral", "none"], default="auto",
+                   help="discriminator normalisation; auto: batch, but none for wgan-gp (its penalty is per "
+                        "sample); spectral: spectral norm on every layer (Miyato et al. 2018)")
+    g.add_argument("--acgan", action=argparse.BooleanOptionalAction, default=True,
+                   help="an auxiliary multi-label head on the discriminator (AC-GAN, BCE on the 24 labels); "
+                        "--no-acgan for the plain conditional GAN of the reports")
+    g.add_argument("--aux-weight", type=common.non_negative_float, default=1.0, help="weight of the AC-GAN loss")
+    g.add_argument("--loss", choices=["hinge", "bce", "wgan-gp", "wgan-clip"], default="hinge",
+                   help="hinge; bce (the DCGAN loss); wgan-gp (gradient penalty); wgan-clip (RMSprop and "
+                        "weight clipping, the original WGAN)")
+    g.add_argument("--lambda", dest="lambda_gp", type=common.non_negative_float, default=10.0,
+                   help="wgan-gp: gradient penalty weight")
+    g.add_argument("--clip", type=common.positive_float, default=0.01, help="wgan-clip: weight clipping bound")
+    g.add_argument("--n-critic", type=common.positive_int, default=None,
+                   help="critic (discriminator) updates per generator update; unset: 1, or 5 with the WGAN losses")
+    g.add_argument("--translate", type=common.unit_interval, default=0.125, metavar="FRACTION",
+                   help="DiffAugment translation: every picture the discriminator sees, real or generated, is "
+                        "shifted by up to this fraction of its size (0: off); keeps it from winning outright")
+    g.add_argument("--epochs", type=common.positive_int, default=30, help="passes over the training set")
+    g.add_argument("--batch-size", type=common.positive_int, default=64,
+                   help="images per step per process (global batch = batch size x processes)")
+    g.add_argument("--lr-g", type=common.positive_float, default=None,
+                   help="generator learning rate; unset: 2e-4, or 5e-5 with wgan-clip (the WGAN paper's RMSprop rate)")
+    g.add_argument("--lr-d", type=common.positive_float, default=None,
+                   help="discriminator learning rate; unset: as --lr-g")
+    g.add_argument("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1")
+    g.add_argument("--beta2", type=common.unit_interval, default=0.999, help="Adam beta2")
+    g.add_argument("--step-lr", type=common.positive_int, default=None, metavar="EPOCHS",
+                   help="multiply both learning rates by --gamma every EPOCHS epochs")
+    g.add_argument("--gamma", type=common.positive_float, default=0.5, help="factor of --step-lr")
+    g.add_argument("--ema", type=common.unit_interval, default=0.0,
+                   help="decay of the moving average of the generator's weights that samples, scores and "
+                        "evaluate.py use (0: off, the trained weights themselves)")
+    g.add_argument("--seed", type=common.seed, default=0, help="random seed (data, weights, noise)")
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", default=None, help="run folder (default runs/<script>-<time>)")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' for <out>/last.pt")
+    g.add_argument("--max-steps", type=common.positive_int, default=None, help="stop after this many steps")
+    g.add_argument("--max-minutes", type=common.positive_float, default=None,
+                   help="stop after this many minutes of training, then save and score (a wall-clock budget)")
+    g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA and on CPUs with native bf16")
+    g.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    g.add_argument("--sync-bn", action="store_true", help="under torchrun: SyncBatchNorm across processes")
+    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on CUDA)")
+    g.add_argument("--skip-nonfinite", action="store_true", help="skip a step whose loss is NaN/inf instead of stopping")
+    g = parser.add_argument_group("logging, samples, checkpoints, scores")
+    g.add_argument("--log-every", type=common.positive_int, default=50, help="log losses every N steps")
+    g.add_argument("--sample-every", type=common.positive_int, default=1, help="sample grids every N epochs")
+    g.add_argument("--save-every", type=common.positive_int, default=10, help="keep epoch_NNN.pt every N epochs")
+    g.add_argument("--eval-every", type=common.positive_int, default=1, metavar="N",
+                   help="score test.json, new_test.json and the validation conditions every N epochs and at the "
+                        "end (with a classifier): logged, plotted, best.pt kept on the validation score")
+    g.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
+                   help="object classifier that scores samples: ours (evaluate.py --train-classifier objects) "
+                        "or the lab's ResNet-18 checkpoint.pth")
+    g.add_argument("--track", action="store_true", help="also log to TensorBoard (<out>/tb)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (batch jobs)")
+    g = parser.add_argument_group("generate (no training)")
+    g.add_argument("--generate", type=common.positive_int, default=None, metavar="N",
+                   help="draw N pictures from --checkpoint into a grid, each condition written under its picture")
+    g.add_argument("--checkpoint", default=None, help="with --generate: the checkpoint to sample from")
+    g.add_argument("--objects", nargs="+", default=None, metavar="NAME",
+                   help="with --generate: the objects every picture holds, e.g. 'red cube' 'blue sphere' (1 to 3; "
+                        "default: a random set per picture)")
+    g.add_argument("--grid-out", default=None, help="with --generate: grid PNG (default next to the checkpoint)")
+    g.add_argument("--png-dir", default=None, help="with --generate: also one PNG per sample in this folder")
+    g.add_argument("--interpolate", action="store_true",
+                   help="with --generate: also a latent interpolation sheet (<grid>_interpolation.png) and a "
+                        "condition one (<grid>_condition_interpolation.png: fixed noise, the multi-hot condition "
+                        "blended from one object set to another)")
+    args = common.parse_args(parser, argv)
+    if args.generate is not None and args.checkpoint is None:
+        parser.error("--generate needs --checkpoint PATH")
     if args.d_norm == "batch" and args.loss == "wgan-gp":
         parser.error("--loss wgan-gp penalises each sample's gradient: use --d-norm none or spectral, not batch")
     if args.d_norm == "auto":
         args.d_norm = "none" if args.loss == "wgan-gp" else "batch"
     default_lr = 5e-5 if args.loss == "wgan-clip" else 2e-4
-    args.lr_g = args.lr_g or default_lr
-    args.lr_d = args.lr_d or default_lr
+    args.lr_g, args.lr_d = args.lr_g or default_lr, args.lr_d or default_lr
     if args.n_critic is None:
         args.n_critic = 5 if args.loss.startswith("wgan") else 1
     return args
 
 
+
+
 # ---------------------------------------------------------------------------
-# Conditions: lists of object names -> multi-hot vectors, checked
+# Conditions: lists of object names -> multi-hot vectors (24,), checked; JSON read with one-line errors
 # ---------------------------------------------------------------------------
 def condition_vector(names, object_index, where):
     """['red cube', 'blue sphere'] -> float multi-hot (24,); UserError naming `where` for bad input."""
     if not isinstance(names, list) or not names:
-        raise common.UserError(f"{where}: empty condition (each needs 1 to {MAX_OBJECTS} object names)")
+        raise common.UserError(f"{where}: empty condition or not a list (each needs 1 to {MAX_OBJECTS} object names)")
     if len(names) > MAX_OBJECTS:
         raise common.UserError(f"{where}: {len(names)} objects {names} (at most {MAX_OBJECTS} per picture)")
     vector = torch.zeros(N_OBJECTS)
     for name in names:
-        if name not in object_index:
+        if not isinstance(name, str) or name not in object_index:
             raise common.UserError(f"{where}: unknown object name {name!r} (known: 'gray cube' ... "
                                    f"'yellow cylinder', 8 colours x cube/sphere/cylinder)")
         vector[object_index[name]] = 1.0
     return vector
 
 
+def describe(condition):
+    """Multi-hot (24,) -> the object names, one a line (the caption under a picture)."""
+    return "\n".join(OBJECTS[j] for j in condition.nonzero().flatten().tolist())
+
+
 def read_json(path, what):
     if not os.path.isfile(path):
         raise common.UserError(f"{what} not found: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is fine
             return json.load(f)
-    except (OSError, ValueError) as e:
-        raise common.UserError(f"cannot read {path}: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:  # Latin-1 bytes, broken or absurdly nested JSON
+        raise common.UserError(f"cannot read {path}: {common.first_line(e)[:200]}") from None
 
 
 def read_object_index(folder):
@@ -169,8 +213,9 @@ def read_object_index(folder):
     if not os.path.isfile(path):
         return {name: i for i, name in enumerate(OBJECTS)}
     index = read_json(path, "objects.json")
-    if not isinstance(index, dict) or sorted(index.values()) != list(range(N_OBJECTS)):
-        raise common.UserError(f"{path} must map {N_OBJECTS} object names to the indices 0..{N_OBJECTS - 1}")
+    if (not isinstance(index, dict) or not all(type(v) is int for v in index.values())
+            or sorted(index.values()) != list(range(N_OBJECTS))):
+        raise common.UserError(f"{path} must map {N_OBJECTS} object names to the whole numbers 0..{N_OBJECTS - 1}")
     return index
 
 
@@ -187,25 +232,36 @@ def read_condition_lists(folder):
     return lists
 
 
-def find_condition_lists(test_dir=None, args=None):
-    """The lists to score: --test-dir, else the --data-dir of an i-CLEVR run, else the lab's lists in
-    ../shared/data/iclevr, else synthetic lists with the real ones' make-up. Returns (lists, where from)."""
-    args = args or {}
-    candidates = [test_dir] if test_dir else []
-    if args.get("data") == "iclevr" and args.get("data_dir"):
-        candidates.append(args["data_dir"])
-    if test_dir is None:
-        candidates.append(SHARED_LISTS)
-    for folder in candidates:
-        if all(os.path.isfile(os.path.join(folder, f)) for f in LIST_FILES):
-            return read_condition_lists(folder), f"lists from {folder}"
-        if folder == test_dir:
-            raise common.UserError(f"--test-dir {folder} must hold test.json and new_test.json")
+def synthetic_condition_lists():
+    """Lists with the make-up of the lab's test.json and new_test.json, drawn by synthetic.py."""
+    import synthetic  # only for the offline lists: a copied script with the lab's lists needs no synthetic.py
+
     index = {name: i for i, name in enumerate(OBJECTS)}
     lists = {"test": synthetic.condition_lists(synthetic.TEST_MAKE_UP, seed=1),
              "new_test": synthetic.condition_lists(synthetic.NEW_TEST_MAKE_UP, seed=2)}
-    return ({k: torch.stack([condition_vector(c, index, k) for c in v]) for k, v in lists.items()},
-            "synthetic lists (seeds 1, 2) with the lab's make-up")
+    return {k: torch.stack([condition_vector(c, index, k) for c in v]) for k, v in lists.items()}
+
+
+def find_condition_lists(test_dir=None, settings=None):
+    """The lists to score: --test-dir, else the --data-dir of an i-CLEVR run when it holds them, else synthetic
+    lists with the real ones' make-up. Returns (lists, where from)."""
+    settings = settings or {}
+    if test_dir:
+        if not all(os.path.isfile(os.path.join(test_dir, f)) for f in LIST_FILES):
+            raise common.UserError(f"--test-dir {test_dir} must hold test.json and new_test.json")
+        return read_condition_lists(test_dir), f"lists from {test_dir}"
+    data_dir = settings.get("data_dir")
+    if settings.get("data") == "iclevr" and data_dir and all(os.path.isfile(os.path.join(data_dir, f)) for f in LIST_FILES):
+        return read_condition_lists(data_dir), f"lists from {data_dir}"
+    return synthetic_condition_lists(), "synthetic lists (seeds 1, 2) with the lab's make-up"
+
+
+def random_conditions(n, generator):
+    """n random sets of 1-3 distinct objects, as multi-hot (n, 24)."""
+    conditions = torch.zeros(n, N_OBJECTS)
+    for row, count in enumerate(torch.randint(1, MAX_OBJECTS + 1, (n,), generator=generator).tolist()):
+        conditions[row, torch.randperm(N_OBJECTS, generator=generator)[:count]] = 1.0
+    return conditions
 
 
 # ---------------------------------------------------------------------------
@@ -239,8 +295,7 @@ def load_iclevr(data_dir, image_size):
         try:
             cached = torch.load(cache, weights_only=True)
             if cached.get("train_files") == files:
-                kept = cached["kept"]
-                return cached["images"], labels[kept]
+                return cached["images"], labels[cached["kept"]]
         except Exception:  # noqa: BLE001 - a stale or broken cache is simply rebuilt
             pass
     folder = find_image_folder(data_dir, files[0])
@@ -250,11 +305,8 @@ def load_iclevr(data_dir, image_size):
         if not os.path.isfile(path):
             missing.append(f)
             continue
-        try:
-            with Image.open(path) as im:
-                arrays.append(np.asarray(im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)))
-        except OSError as e:
-            raise common.UserError(f"cannot read image {path}: {e}") from None
+        picture = common.read_image(path, "RGB")  # one clear line for a broken file
+        arrays.append(np.asarray(picture.resize((image_size, image_size), Image.BILINEAR)))
         kept.append(i)
     if missing:
         print(f"warning: {len(missing)} of {len(files)} images listed in train.json are missing from {folder} "
@@ -265,15 +317,23 @@ def load_iclevr(data_dir, image_size):
     kept = torch.tensor(kept)
     try:  # decoding 18k PNGs takes a minute; next time it is one file read
         common.save_checkpoint(cache, {"train_files": files, "kept": kept, "images": images})
-    except OSError:
+    except (OSError, common.UserError):  # a read-only data folder: no cache
         pass
     return images, labels[kept]
 
 
+def load_synthetic(n_images, image_size, seed):
+    """Offline stand-in: procedural scenes of 1-3 shaded objects on a grey floor (synthetic.scenes)."""
+    import synthetic  # only for the offline data: a copied script with real data needs no synthetic.py
+
+    return synthetic.scenes(n_images, image_size, seed=seed)
+
+
 def load_data(args):
+    """All data errors surface here, before anything is written."""
     if args.data == "iclevr":
         return load_iclevr(args.data_dir, args.image_size)
-    return synthetic.scenes(args.n_scenes, args.image_size, seed=args.seed)
+    return load_synthetic(args.n_images, args.image_size, args.seed)
 
 
 # ---------------------------------------------------------------------------
@@ -366,12 +426,14 @@ class Discriminator(nn.Module):
         return logits, aux
 
 
-def build_generator(args):
-    """Rebuild the generator from the plain args dict stored in a checkpoint (evaluate.py uses this)."""
-    return Generator(args["nz"], args["cond_dim"], args["ngf"], args["image_size"], args.get("g_cond", "concat"))
+def build_generator(settings):
+    """The generator from a checkpoint's settings (evaluate.py and --generate use this)."""
+    return Generator(settings["nz"], settings["cond_dim"], settings["ngf"], settings["image_size"],
+                     settings.get("g_cond", "concat"))
 
 
 def build(args, device):
+    """The networks and their optimizers (train() and bench.py use this)."""
     generator = common.prepare_model(build_generator(vars(args)).apply(common.dcgan_init), device)
     discriminator = Discriminator(args.ndf, args.image_size, args.d_cond, args.d_norm, args.acgan)
     if args.d_norm != "spectral":  # spectral norm rescales the weights itself; DCGAN's init suits the others
@@ -381,17 +443,16 @@ def build(args, device):
         optimizers = {"generator": torch.optim.RMSprop(generator.parameters(), lr=args.lr_g),
                       "discriminator": torch.optim.RMSprop(discriminator.parameters(), lr=args.lr_d)}
     else:
-        betas = (args.beta1, args.beta2)
-        optimizers = {"generator": common.adam(generator.parameters(), args.lr_g, betas, device),
-                      "discriminator": common.adam(discriminator.parameters(), args.lr_d, betas, device)}
+        optimizers = {"generator": common.adam(generator.parameters(), args.lr_g, (args.beta1, args.beta2), device),
+                      "discriminator": common.adam(discriminator.parameters(), args.lr_d, (args.beta1, args.beta2), device)}
     return {"generator": generator, "discriminator": discriminator}, optimizers
 
 
 @torch.no_grad()
 def sample(generator, noise, labels=None):
-    """Images in [-1, 1] for multi-hot `labels` (N, 24) from noise (N, nz) or (N, nz, 1, 1). Train-mode BN
-    (batch statistics), the mode the generator was trained in. We sample on copies of the running statistics,
-    so drawing samples never changes the model (exact resume)."""
+    """Images in [-1, 1] for multi-hot `labels` (N, 24) from noise (N, nz) or (N, nz, 1, 1), with batch-statistics
+    BN as in training (this also suits the EMA generator). BN runs on copies of its buffers, so drawing samples
+    never changes the model (exact resume)."""
     if labels is None:
         raise ValueError("cgan_objects draws what the condition asks: pass multi-hot labels (N, 24)")
     generator = common.unwrap(generator)
@@ -448,19 +509,11 @@ def translate(images, fraction):
     return padded[torch.arange(n, device=images.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
 
 
-@torch.no_grad()
-def update_ema(ema_generator, generator, decay, step):
-    """ema <- decay * ema + (1 - decay) * weights; a shorter memory in the first steps, when the weights move most."""
-    decay = min(decay, (1 + step) / (10 + step))
-    for ema_param, param in zip(ema_generator.parameters(), generator.parameters()):
-        ema_param.lerp_(param.detach(), 1 - decay)
-    for ema_buffer, buffer in zip(ema_generator.buffers(), generator.buffers()):
-        ema_buffer.copy_(buffer)
-
-
+# ---------------------------------------------------------------------------
+# Training step: one critic update, and a generator update unless batch["update_generator"] is False (the loop
+# sets it every --n-critic steps). This is the part to change: the loop logs, plots and checks what it returns.
+# ---------------------------------------------------------------------------
 def train_step(models, optimizers, batch, args):
-    """One discriminator update, and a generator update unless batch['update_generator'] is False (the WGAN
-    losses update the generator every --n-critic steps)."""
     generator, discriminator = models["generator"], models["discriminator"]
     opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
     real_images, labels = batch["images"], batch["labels"]
@@ -495,90 +548,16 @@ def train_step(models, optimizers, batch, args):
         common.optimizer_step(opt_g, loss_g, args.skip_nonfinite)
     else:  # for the log only: the generator loss the critic gave this batch before its update
         loss_g = generator_loss(args.loss, logits_fake.detach())
-    out = {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
-    if args.loss in ("bce", "hinge"):
-        out["d_real"] = torch.sigmoid(logits_real.detach().float()).mean()
-        out["d_fake"] = torch.sigmoid(logits_fake.detach().float()).mean()
-    return out
+    values = {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
+    if args.loss in ("bce", "hinge"):  # d_real/d_fake feed the health monitor
+        values["d_real"] = torch.sigmoid(logits_real.detach().float()).mean()
+        values["d_fake"] = torch.sigmoid(logits_fake.detach().float()).mean()
+    return values
 
 
 # ---------------------------------------------------------------------------
-# The object evaluator: a small multi-label CNN (or the lab's ResNet-18) and the lab's top-k score
+# Scores during training: the lab's two lists, and held-out validation conditions that pick best.pt
 # ---------------------------------------------------------------------------
-class ObjectClassifier(nn.Module):
-    """64x64 picture in [-1, 1] -> 24 object logits. Strided convs with BN; features pooled over the whole
-    picture (max: is the object anywhere?), so objects are found wherever they stand."""
-
-    def __init__(self, width=32):
-        super().__init__()
-        w = width
-        layers, channels = [], 3
-        for out_channels, stride in ((w, 2), (2 * w, 2), (2 * w, 1), (4 * w, 2), (4 * w, 1), (8 * w, 2)):
-            layers += [nn.Conv2d(channels, out_channels, 3, stride, 1, bias=False), nn.BatchNorm2d(out_channels),
-                       nn.ReLU(True)]
-            channels = out_channels
-        self.features = nn.Sequential(*layers)  # 64 -> 4x4
-        self.head = nn.Linear(channels, N_OBJECTS)
-
-    def forward(self, images):
-        return self.head(self.features(images).amax(dim=(2, 3)))
-
-
-def iclevr_score(probabilities, conditions):
-    """The lab's score: for each picture with k requested objects, count how many of the classifier's top-k
-    labels were requested; return hits / requested labels (micro accuracy over the list)."""
-    probabilities, conditions = torch.as_tensor(probabilities).float(), torch.as_tensor(conditions).float()
-    hits, total = 0, 0
-    for scores, wanted in zip(probabilities, conditions):
-        k = int(wanted.sum().item())
-        hits += int(wanted[scores.topk(k).indices].sum().item())
-        total += k
-    return hits / total if total else 0.0
-
-
-def to_classifier_input(images):
-    """Pictures in [-1, 1] at any size -> 64x64, as the lab's evaluator wants (32x32 upsampled bilinearly)."""
-    images = images.float()
-    if images.shape[-1] != CLASSIFIER_SIZE:
-        images = F.interpolate(images, size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE), mode="bilinear", align_corners=False)
-    return images
-
-
-def load_classifier(path, device):
-    """Our classifier file, or the lab's ResNet-18 checkpoint.pth ({'model': state_dict}, 24-way head)."""
-    if not os.path.isfile(path):
-        raise common.UserError(f"object classifier not found: {path} (train one: python evaluate.py "
-                               f"--train-classifier objects, or pass the lab's checkpoint.pth with --classifier)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - anything that is not a plain tensor file
-        raise common.UserError(f"cannot load classifier {path}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise common.UserError(f"{path} is not an object classifier (expected a dict with key 'model')")
-    state = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
-    if checkpoint.get("script") == "object_classifier":
-        model = ObjectClassifier(checkpoint["width"])
-    else:  # the lab's evaluator: torchvision ResNet-18, fc = Sequential(Linear(512, 24), Sigmoid)
-        import torchvision
-
-        model = torchvision.models.resnet18(num_classes=N_OBJECTS)
-        state = {k.replace("fc.0.", "fc."): v for k, v in state.items()}  # the sigmoid does not change the top k
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise common.UserError(f"{path} does not fit {type(model).__name__}: {str(e).splitlines()[0]}") from None
-    model.held_out = checkpoint.get("held_out", {})  # ours: its scores on held-out real scenes (the ceiling)
-    return model.to(device).eval()
-
-
-@torch.no_grad()
-def classify(classifier, images, batch_size=256):
-    """Object scores (N, 24) for pictures in [-1, 1]; any monotone output (logits or probabilities) will do."""
-    device = next(classifier.parameters()).device
-    return torch.cat([classifier(to_classifier_input(chunk.to(device))).float().cpu()
-                      for chunk in images.split(batch_size)])
-
-
 def validation_conditions(scored_lists, seed=3):
     """32 held-out conditions that pick best.pt, so that the best epoch is chosen without looking at the lists it
     is scored on: random object sets, 3 / 12 / 17 of 1 / 2 / 3 objects (half of test.json and new_test.json
@@ -604,334 +583,219 @@ def scoring_noise(nz, repeats, seed=0):
     return torch.randn(repeats, 32, nz, generator=torch.Generator().manual_seed(seed + 12345))
 
 
-@torch.no_grad()
-def score_lists(generator, classifier, lists, noise):
-    """Score each condition list with each noise draw. Returns ({name: first-draw score}, {name: mean over
-    draws}, {name: first-draw images})."""
-    device = next(generator.parameters()).device
-    first, mean, images = {}, {}, {}
-    for name, conditions in lists.items():
-        scores = []
-        for draw in noise:
-            z = draw[:len(conditions)].to(device)
-            fake = sample(generator, z, conditions.to(device))
-            scores.append(iclevr_score(classify(classifier, fake), conditions))
-            if name not in images:
-                images[name] = fake.cpu()
-        first[name], mean[name] = scores[0], sum(scores) / len(scores)
-    return first, mean, images
-
-
-def score_generator(generator, args, classifier_path=None, device="cpu", test_dir=None, repeats=10):
-    """The lab's two scores for a generator built from checkpoint args (evaluate.py calls this).
-
-    Returns {'test', 'new_test'}: scores with one fixed noise draw (the lab's protocol); {'test_mean',
-    'new_test_mean'}: means over `repeats` draws (steadier); 'lists': where the condition lists came from;
-    'classifier': the classifier file."""
-    device = torch.device(device)
-    classifier_path = classifier_path or args.get("classifier") or DEFAULT_CLASSIFIER
-    classifier = load_classifier(classifier_path, device)
-    lists, source = find_condition_lists(test_dir or args.get("test_dir"), args)
-    generator = generator.to(device)
-    first, mean, _ = score_lists(generator, classifier, lists, scoring_noise(args["nz"], repeats, args.get("seed", 0)))
-    result = dict(first)
-    result.update({f"{k}_mean": v for k, v in mean.items()})
-    result.update({"lists": source, "classifier": classifier_path, "repeats": repeats})
-    ceiling = classifier_ceiling(classifier, args["image_size"])
-    if ceiling is not None:
-        result["classifier_ceiling"] = ceiling
-    return result
-
-
-def classifier_ceiling(classifier, image_size):
-    """The classifier's held-out score on real pictures of this size (what a perfect generator would get)."""
-    held_out = getattr(classifier, "held_out", {})
-    for name in (f"scenes at {image_size} px", f"scenes at {image_size} px, upsampled", "held-out i-CLEVR pictures"):
-        if name in held_out:
-            return held_out[name]
-    return None
-
-
-def classifier_training_data(data_dir, seed, n_scenes, n_held_out=2000):
-    """(train images, train labels, held-out sets {name: (images, labels)}), uint8 64x64.
-
-    Synthetic: scenes drawn at 64 px, plus the same scenes drawn at 32 px and upsampled, because 32 px
-    generators are scored through that upsampling. Real i-CLEVR: a 90/10 split of train.json."""
-    if data_dir:
-        images, labels = load_iclevr(data_dir, CLASSIFIER_SIZE)
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-        cut = max(1, len(images) // 10)
-        held, kept = order[:cut], order[cut:]
-        return images[kept], labels[kept], {"held-out i-CLEVR pictures": (images[held], labels[held])}
-
-    def upsampled(images):
-        return common.to_uint8_images(images, CLASSIFIER_SIZE, 3)
-
-    images64, labels = synthetic.scenes(n_scenes, CLASSIFIER_SIZE, seed=seed + 1000)
-    images32, _ = synthetic.scenes(n_scenes, 32, seed=seed + 1000)
-    held64, held_labels = synthetic.scenes(n_held_out, CLASSIFIER_SIZE, seed=seed + 2000)
-    held32, _ = synthetic.scenes(n_held_out, 32, seed=seed + 2000)
-    return (torch.cat([images64, upsampled(images32)]), torch.cat([labels, labels]),
-            {"scenes at 64 px": (held64, held_labels), "scenes at 32 px, upsampled": (upsampled(held32), held_labels)})
-
-
-def train_classifier(out_path=DEFAULT_CLASSIFIER, data_dir=None, device="cpu", seed=0, epochs=5, n_scenes=12000,
-                     n_held_out=2000, width=32, batch_size=128, log=print):
-    """Train the object evaluator on synthetic scenes (or the real i-CLEVR pictures in data_dir) and save it.
-
-    Returns {'path', 'held_out': {set name: top-k score}, 'trained_on', 'seconds'}: the held-out scores are the
-    ceiling a perfect generator would reach under this evaluator."""
-    start = time.perf_counter()
-    device = torch.device(device)
-    torch.manual_seed(seed)
-    images, labels, held_out = classifier_training_data(data_dir, seed, n_scenes, n_held_out)
-    model = ObjectClassifier(width).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    steps = epochs * (len(images) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.15)
-    loader = common.DeviceLoader(images, labels, batch_size, device, seed=seed, flip=True)
-    for epoch in range(epochs):
-        model.train()
-        total = torch.zeros((), device=device)
-        for batch_images, batch_labels in loader.epoch(epoch):
-            # small colour noise so that the imperfect pictures of a generator are judged by shape and colour
-            batch_images = batch_images + 0.03 * torch.randn_like(batch_images)
-            loss = F.binary_cross_entropy_with_logits(model(batch_images), batch_labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.detach()
-        log(f"classifier epoch {epoch + 1}/{epochs}: loss {total.item() / len(loader):.4f}")
-    model.eval()
-    scores = {}
-    for name, (held_images, held_labels) in held_out.items():
-        scores[name] = iclevr_score(classify(model, held_images.float() / 127.5 - 1), held_labels)
-        log(f"held-out {name}: {scores[name]:.4f} (top-k score, the ceiling for generated pictures)")
-    trained_on = f"i-CLEVR pictures in {data_dir}" if data_dir else f"{n_scenes} synthetic scenes at 64 and 32 px"
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    common.save_checkpoint(out_path, {"format": common.CHECKPOINT_FORMAT, "script": "object_classifier",
-                                      "width": width, "model": model.cpu().state_dict(), "held_out": scores,
-                                      "trained_on": trained_on, "objects": list(OBJECTS)})
-    return {"path": out_path, "held_out": scores, "trained_on": trained_on, "seconds": time.perf_counter() - start}
-
-
-# ---------------------------------------------------------------------------
-# Training loop
-# ---------------------------------------------------------------------------
-LOG_FIELDS = ["step", "epoch", "loss_d", "loss_g", "d_real", "d_fake", "images_per_s"]
-SCORE_FIELDS = ["step", "epoch", "test", "new_test", "test_mean", "new_test_mean", "validation"]
-SCORE_REPEATS = 10  # noise draws behind the steadier *_mean scores
-
-
-def train(args):
-    dist = common.setup_distributed(args.device)
-    device, master = dist.device, dist.is_master
-    common.seed_everything(args.seed, args.deterministic)
-    out = args.out = args.out or common.default_run_dir(SCRIPT)
-    # inputs first: data, condition lists, classifier and checkpoint errors surface before anything is written
-    images, labels = load_data(args)
-    if len(images) // dist.world_size < args.batch_size:
-        raise common.UserError(f"the dataset has {len(images)} images: fewer than one batch of {args.batch_size} "
-                               f"per process; lower --batch-size")
-    lists, lists_source = find_condition_lists(args.test_dir, vars(args))
-    classifier = None
-    if os.path.isfile(args.classifier):
-        classifier = load_classifier(args.classifier, device)
-    elif args.classifier != DEFAULT_CLASSIFIER:
-        raise common.UserError(f"--classifier {args.classifier} not found")
-    elif master:
+def prepare_scores(args, lists, device):
+    """The classifier scores, from evaluate.py's object judge (imported only here; the classifier file is checked
+    now, not after an epoch). Returns score(generator) -> {test, new_test, test_mean, new_test_mean, validation},
+    or None when the default classifier has not been trained (a note says so; training goes on unscored)."""
+    if not os.path.isfile(args.classifier):
+        if os.path.abspath(args.classifier) != DEFAULT_CLASSIFIER:
+            raise common.UserError(f"--classifier {args.classifier} not found")
         print(f"note: no object classifier at {args.classifier}: training without scores (train one with "
               f"python evaluate.py --train-classifier objects)", file=sys.stderr)
-    resume_path = common.resolve_resume(args.resume, out)
-    if resume_path:
-        checkpoint = common.load_checkpoint(resume_path, SCRIPT, map_location=device)
-    if master:
-        common.prepare_run_dir(out, resume=resume_path is not None)
-        common.write_config(out, args, SCRIPT, device, {"images": len(images), "condition_lists": lists_source,
-                                                        "classifier": args.classifier if classifier else None})
-        ceiling = classifier_ceiling(classifier, args.image_size) if classifier else None
-        print(f"{len(images)} pictures; scoring {lists_source}"
-              + (f" (classifier's held-out score on real scenes: {ceiling:.3f})" if ceiling is not None else ""),
-              file=sys.stderr)
+        return None
+    try:
+        import evaluate
+    except ImportError as e:
+        raise common.UserError(f"scoring needs evaluate.py next to this script ({e})") from None
+    classifier = evaluate.objects_load_classifier(args.classifier, device)
+    held_out = {"validation": validation_conditions(lists)}
+    noise, held_out_noise = (scoring_noise(args.nz, SCORE_REPEATS, args.seed + k) for k in (0, 1))
 
-    torch.manual_seed(args.seed)  # identical initial weights on every rank
-    models, optimizers = build(args, device)
-    # the generator that draws the grids and the scores: a moving average of the trained weights (--ema)
-    sampler = copy.deepcopy(models["generator"]).requires_grad_(False) if args.ema > 0 else models["generator"]
-    schedulers = {k: torch.optim.lr_scheduler.StepLR(o, args.step_lr, args.gamma) for k, o in optimizers.items()} \
-        if args.step_lr else {}
-    score_noise = scoring_noise(args.nz, SCORE_REPEATS, args.seed)
-    validation = {"validation": validation_conditions(lists)}
-    validation_noise = scoring_noise(args.nz, SCORE_REPEATS, args.seed + 1)
+    def score(generator):
+        draw = lambda z, conditions: sample(generator, z, conditions)  # noqa: E731
+        first, mean = evaluate.objects_score_lists(draw, classifier, lists, noise)
+        validation, _ = evaluate.objects_score_lists(draw, classifier, held_out, held_out_noise)
+        return {**first, **{f"{k}_mean": v for k, v in mean.items()}, **validation}
+    score.ceiling = evaluate.objects_classifier_ceiling(classifier, args.image_size)
+    return score
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+def train(args):
+    # Setup: every input error (flags, data, lists, classifier, checkpoint) surfaces before anything is written.
+    dist = common.setup_distributed(args.device)
+    device, master = dist.device, dist.is_master
+    out = args.out = args.out or common.default_run_dir(SCRIPT)
+    checkpoint, resume_path = common.find_resume_checkpoint(args.resume, out, SCRIPT, map_location=device)
+    if checkpoint is not None:  # a resumed run keeps its settings (model shapes, data, losses, learning rates)
+        args = common.settings_from_checkpoint(args, checkpoint, resume_path)
+    common.seed_everything(args.seed, args.deterministic)
+    images, labels = load_data(args)
     loader = common.DeviceLoader(images, labels, args.batch_size, device, seed=args.seed, rank=dist.rank,
                                  world_size=dist.world_size)
-    epoch, batch_in_epoch, step = 0, 0, 0
-    history = {"step": [], "loss_d": [], "loss_g": [], "d_real": [], "d_fake": [],
-               "scores": {k: [] for k in SCORE_FIELDS}, "best": None}
-    meter = common.LossMeter()
-    if resume_path:
-        for key in models:
-            models[key].load_state_dict(checkpoint["generator_trained" if key == "generator" and args.ema > 0 else key])
-        sampler.load_state_dict(checkpoint["generator"])
-        for key in optimizers:
-            optimizers[key].load_state_dict(checkpoint["optimizers"][key])
-        for key in schedulers:
-            schedulers[key].load_state_dict(checkpoint["schedulers"][key])
-        epoch, batch_in_epoch, step = checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["step"]
-        history = checkpoint["history"]
-        if history["best"] and "test" not in history["best"]:  # picked on the scored lists (older runs): pick anew
-            history["best"] = None
-        meter.load_state_dict(checkpoint["meter"], device)
-        common.set_rng_state(checkpoint["rng"])
-        if batch_in_epoch >= len(loader):  # a different batch size or process count: start the next epoch
-            epoch, batch_in_epoch = epoch + 1, 0
-        if master:
-            print(f"resumed from {resume_path} at epoch {epoch}, step {step}", file=sys.stderr)
+    steps_per_epoch = len(loader)
+    last_step = args.epochs * steps_per_epoch if args.max_steps is None else min(args.max_steps, args.epochs * steps_per_epoch)
+    lists, lists_source = find_condition_lists(args.test_dir, vars(args))
+    score = prepare_scores(args, lists, device) if master else None
+    if args.track and master:
+        common.require_tensorboard()
+
+    # Models, optimizers, schedulers, fixed noise for the sample grids; then the checkpoint's state over them.
+    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    networks, optimizers = build(args, device)
+    generator, discriminator = networks["generator"], networks["discriminator"]
+    ema_generator = copy.deepcopy(generator).requires_grad_(False) if args.ema > 0 else None
+    schedulers = {name: torch.optim.lr_scheduler.StepLR(opt, args.step_lr, args.gamma)
+                  for name, opt in optimizers.items()} if args.step_lr else {}
+    fixed_noise = scoring_noise(args.nz, 1, args.seed)[0].to(device)  # the grids show the first scored draw
+    saved = dict(networks)
+    if ema_generator is not None:
+        saved["generator_ema"] = ema_generator
+    step = 0
+    if checkpoint is not None:
+        in_checkpoint = checkpoint.get("schedulers") or {}
+        common.restore_training_state(checkpoint, resume_path, saved, optimizers,
+                                      {name: s for name, s in schedulers.items() if name in in_checkpoint})
+        step = checkpoint["step"]
+        if step >= last_step or args.max_minutes is not None and checkpoint.get("elapsed_s", 0) >= 60 * args.max_minutes:
+            common.say_finished(resume_path, step, master)
+            return out
     if dist.rank > 0:  # different noise per rank, same weights
         torch.manual_seed(args.seed + 1000 * dist.rank + step)
+    models = {"generator": common.maybe_compile(common.wrap_ddp(generator, dist, args.sync_bn), args.compile),
+              "discriminator": common.maybe_compile(common.wrap_ddp(discriminator, dist, args.sync_bn), args.compile)}
+    shown_generator = ema_generator if ema_generator is not None else generator  # what grids and scores use
 
-    train_models = {k: common.maybe_compile(common.wrap_ddp(m, dist, args.sync_bn), args.compile) for k, m in models.items()}
-    logger = scores_log = None
+    lock = common.claim_run_folder(out, resume=checkpoint is not None) if master else None  # all checks passed
+    if master and checkpoint is None:
+        common.write_config(out, args, SCRIPT, device, {"training_images": len(images), "condition_lists": lists_source,
+                                                        "classifier": args.classifier if score else None})
+        common.save_grid(loader.to_float(images[:32].to(device)), os.path.join(out, "real.png"), nrow=8,
+                         title="real images", captions=[describe(c) for c in labels[:32]])
     if master:
-        tb = os.path.join(out, "tb") if args.track else None
-        logger = common.CSVLogger(os.path.join(out, "log.csv"), LOG_FIELDS, resume_step=step if resume_path else None,
-                                  tensorboard_dir=tb)
-        scores_log = common.CSVLogger(os.path.join(out, "scores.csv"), SCORE_FIELDS,
-                                      resume_step=step if resume_path else None)
-    monitor = common.HealthMonitor(enabled=master)
+        ceiling = f" (classifier's held-out score on real scenes: {score.ceiling:.3f})" if score and score.ceiling else ""
+        print(f"{len(images)} pictures; scoring {lists_source}{ceiling}", file=sys.stderr)
+    log = common.TrainLog(out, args, dist, last_step, step, checkpoint, desc=SCRIPT)
     real_reference = loader.to_float(images[:64].to(device))
-    total_steps = args.epochs * len(loader) if args.max_steps is None else min(args.max_steps, args.epochs * len(loader))
-    started = time.perf_counter()
 
-    def save(path, finished=False):
-        common.save_checkpoint(path, {
-            "format": common.CHECKPOINT_FORMAT, "script": SCRIPT, "args": common.plain_args(args),
-            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "finished": finished,
-            "generator": sampler.state_dict(),  # what evaluate.py and --generate draw with
-            **({"generator_trained": common.unwrap(models["generator"]).state_dict()} if args.ema > 0 else {}),
-            "discriminator": common.unwrap(models["discriminator"]).state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-            "rng": common.rng_state(), "history": history, "fixed_noise": score_noise[0], "meter": meter.state_dict(),
-            "world_size": dist.world_size, "replica_divergence": divergence})
-
-    def log(images_per_s):
-        means = meter.means()
-        if not means:
-            return
-        common.check_finite(means, step, args.skip_nonfinite)
-        monitor.update(means, step)
-        for k in ("step", "loss_d", "loss_g", "d_real", "d_fake"):
-            if k == "step" or k in means:
-                history[k].append(step if k == "step" else means[k])
-        if master:
-            logger.log({"step": step, "epoch": epoch, **means, "images_per_s": images_per_s})
-            bar.set_postfix(loss_d=f"{means['loss_d']:.3f}", loss_g=f"{means['loss_g']:.3f}",
-                            img_s=f"{images_per_s:.0f}", refresh=False)
-
-    def evaluate_and_draw(label):
-        """Grids of test.json / new_test.json (8 per row, as the reports submitted), their two scores, and the
-        validation score that picks best.pt."""
-        generator = sampler
-        if classifier is not None:
-            first, mean, drawn = score_lists(generator, classifier, lists, score_noise)
-            _, held_out, _ = score_lists(generator, classifier, validation, validation_noise)
-            row = {"step": step, "epoch": label, **first, **{f"{k}_mean": v for k, v in mean.items()}, **held_out}
-            scores_log.log(row)
-            for k in SCORE_FIELDS:
-                history["scores"].setdefault(k, []).append(row[k])
-            print(f"\nepoch {label}: test {first['test']:.3f}, new_test {first['new_test']:.3f} "
-                  f"(mean of {SCORE_REPEATS} draws: {mean['test']:.3f}, {mean['new_test']:.3f}; "
-                  f"validation {held_out['validation']:.3f})", file=sys.stderr)
-            common.plot_curves({k: (history["scores"]["epoch"], history["scores"][k]) for k in SCORE_FIELDS[2:]},
-                               os.path.join(out, "scores.png"), title="i-CLEVR scores", xlabel="epoch", ylabel="score")
-            if history["best"] is None or held_out["validation"] > history["best"]["score"]:
-                history["best"] = {"score": held_out["validation"], "epoch": label, "step": step,
-                                   "test": first["test"], "new_test": first["new_test"]}
-                save(os.path.join(out, "best.pt"))
-        else:
-            drawn = {name: sample(generator, score_noise[0][:len(c)].to(device), c.to(device)) for name, c in lists.items()}
-        monitor.check_samples(drawn["test"], real_reference, label)
-        common.save_grid(drawn["test"], os.path.join(out, "samples", f"epoch_{label:03d}.png"), nrow=8)
-        common.save_grid(drawn["new_test"], os.path.join(out, "samples", f"new_test_epoch_{label:03d}.png"), nrow=8)
-        common.save_gif(sorted(glob.glob(os.path.join(out, "samples", "epoch_*.png"))), os.path.join(out, "progress.gif"))
-        common.plot_losses(history, os.path.join(out, "losses.png"), title=f"cGAN losses ({args.loss}, {args.d_cond})")
-
-    bar = common.progress_bar(total_steps, initial=step, desc="cgan_objects", disable=not master or args.no_progress)
-    interval_start, interval_steps, stopped, divergence = time.perf_counter(), 0, False, 0.0
+    # The loop: `step` is the only counter; an epoch ends every steps_per_epoch steps.
     with common.GracefulExit() as stop:
-        while epoch < args.epochs and not stopped:
-            for real_images, real_labels in loader.epoch(epoch, batch_in_epoch):
-                batch = {"images": real_images, "labels": real_labels, "update_generator": (step + 1) % args.n_critic == 0}
-                meter.add(train_step(train_models, optimizers, batch, args))
-                if args.ema > 0:
-                    update_ema(sampler, models["generator"], args.ema, step)
-                step, batch_in_epoch, interval_steps = step + 1, batch_in_epoch + 1, interval_steps + 1
-                bar.update(1)
-                at_limit = args.max_steps is not None and step >= args.max_steps
-                if step % args.log_every == 0 or at_limit:
-                    log(interval_steps * args.batch_size * dist.world_size / (time.perf_counter() - interval_start))
-                    interval_start, interval_steps = time.perf_counter(), 0
-                    # the time budget is checked at log steps only, so that every rank stops at the same step
-                    at_limit = at_limit or (args.max_minutes is not None
-                                            and time.perf_counter() - started > 60 * args.max_minutes)
-                if at_limit or (stop if not dist.enabled else step % args.log_every == 0 and common.stop_requested(stop, dist)):
-                    stopped = True
-                    break
-            if batch_in_epoch == len(loader):  # a whole epoch is done (also when a stop came with its last batch)
-                epoch, batch_in_epoch = epoch + 1, 0
-                log(interval_steps * args.batch_size * dist.world_size / max(time.perf_counter() - interval_start, 1e-9))
-                interval_start, interval_steps = time.perf_counter(), 0
+        while step < last_step:
+            real_images, real_labels = loader.batch(step)
+            batch = {"images": real_images, "labels": real_labels,  # the generator learns every --n-critic steps
+                     "update_generator": (step + 1) % args.n_critic == 0}
+            values = train_step(models, optimizers, batch, args)
+            if ema_generator is not None:
+                common.update_ema(ema_generator, generator, args.ema, step)
+            step += 1
+            epoch = -(-step // steps_per_epoch)  # the epoch this step belongs to (1-based)
+            log.add(values, step, epoch)
+            time_is_up = args.max_minutes is not None and log.minutes() >= args.max_minutes
+            stopping = common.stop_requested(stop, time_is_up, dist, step, args.log_every)  # same on all ranks
+            epoch_done = step % steps_per_epoch == 0
+            if not (epoch_done or stopping or step == last_step):
+                continue
+
+            # End of an epoch, of the run, or an interruption: log, schedule, samples, scores, checkpoints.
+            log.flush(step, epoch)
+            if epoch_done:
                 for scheduler in schedulers.values():
                     scheduler.step()
-            finished = epoch >= args.epochs or (stopped and not stop)
-            if finished:  # every rank takes part in this check
-                divergence = common.replica_divergence(models["generator"], dist)
-            # On SIGINT/SIGTERM no scoring: last.pt first (a preempted job has seconds), and resume stays exact.
-            if master and not stop and (finished or stopped or epoch % args.eval_every == 0):
-                evaluate_and_draw(epoch if not stopped or batch_in_epoch == 0 else epoch + 1)
-            if master:
-                save(os.path.join(out, "last.pt"), finished=finished)
-                if not stopped and epoch % args.save_every == 0:
-                    save(os.path.join(out, f"epoch_{epoch:03d}.pt"), finished=finished)
-            if finished:
+            finished = step == last_step or stopping == "time"
+            divergence = common.replica_divergence(generator, dist) if finished else 0.0  # every rank takes part
+            if not master:
+                if stopping or finished:
+                    break
+                continue
+            if finished or stopping or epoch == 1 or epoch % args.sample_every == 0:
+                drawn = {name: sample(shown_generator, fixed_noise[:len(c)], c.to(device)) for name, c in lists.items()}
+                log.monitor.check_samples(drawn["test"], real_reference, epoch, step)
+                for name, prefix in (("test", ""), ("new_test", "new_test_")):  # 8 per row, as the reports submitted
+                    common.save_grid(drawn[name], os.path.join(out, "samples", f"{prefix}epoch_{epoch:03d}.png"),
+                                     nrow=8, title=f"{name}.json, epoch {epoch}, step {step}",
+                                     captions=[describe(c) for c in lists[name]])
+                common.save_gif(sorted(glob.glob(os.path.join(out, "samples", "epoch_*.png"))),
+                                os.path.join(out, "progress.gif"))
+                common.plot_losses(log.history, os.path.join(out, "losses.png"),
+                                   title=f"{SCRIPT} losses ({args.loss}, {args.d_cond})")
+            is_best = False
+            # On SIGINT/SIGTERM no scoring: last.pt first (a preempted job has seconds).
+            if score is not None and not stop and (finished or epoch_done and epoch % args.eval_every == 0):
+                log.record(step, epoch, **score(shown_generator))
+                scores = log.history["scores"]
+                is_best = scores["validation"][-1] > max(scores["validation"][:-1], default=-1.0)
+                common.plot_curves({k: (scores["epoch"], scores[k]) for k in
+                                    ("test", "new_test", "test_mean", "new_test_mean", "validation")},
+                                   os.path.join(out, "scores.png"), title=f"{SCRIPT}: i-CLEVR scores",
+                                   xlabel="epoch", ylabel="score")
+            checkpoint = {"format": common.CHECKPOINT_FORMAT, "script": SCRIPT, "args": common.plain_args(args),
+                          "class_names": list(OBJECTS), "step": step, "epoch": epoch, "finished": finished,
+                          **{name: module.state_dict() for name, module in saved.items()},
+                          "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                          "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
+                          "rng": common.rng_state(), "fixed_noise": fixed_noise.cpu(), "fixed_labels": lists["test"],
+                          **log.state_dict(), "world_size": dist.world_size, "replica_divergence": divergence}
+            common.save_checkpoint(os.path.join(out, "last.pt"), checkpoint)
+            if epoch_done and epoch % args.save_every == 0:
+                common.save_checkpoint(os.path.join(out, f"epoch_{epoch:03d}.pt"), checkpoint)
+            if is_best:
+                common.save_checkpoint(os.path.join(out, "best.pt"), checkpoint)
+            if stopping or finished:
                 break
-        bar.close()
-        if master:
-            logger.close()
-            scores_log.close()
-            if history["best"]:
-                best = history["best"]
-                print(f"best (validation conditions): epoch {best['epoch']}, validation {best['score']:.3f}, "
-                      f"test {best['test']:.3f}, new_test {best['new_test']:.3f} (best.pt)", file=sys.stderr)
-            print(f"done: {out}", file=sys.stderr)
-        common.cleanup_distributed(dist)
-        if stop:
-            raise SystemExit(130)
+    log.close()
+    if lock is not None:
+        lock.close()
+        scores = log.history["scores"]
+        if scores.get("validation"):
+            best = scores["validation"].index(max(scores["validation"]))
+            print(f"best (validation conditions): epoch {scores['epoch'][best]}, validation "
+                  f"{scores['validation'][best]:.3f}, test {scores['test'][best]:.3f}, new_test "
+                  f"{scores['new_test'][best]:.3f} (best.pt)", file=sys.stderr)
+    if stop:
+        raise SystemExit(130)
     return out
 
 
+# ---------------------------------------------------------------------------
+# Generate from a checkpoint (no training)
+# ---------------------------------------------------------------------------
 def generate(args):
-    """--generate --checkpoint PATH --objects NAME ...: one row of 8 pictures of those objects."""
+    """--generate N --checkpoint PATH [--objects NAME ...]: a grid of N pictures with the condition under each
+    (+ one PNG each, + a latent and a condition interpolation sheet)."""
+    grid_path = common.check_output_path(args.grid_out or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)), "generated.png"), "--grid-out")
+    wanted = None if args.objects is None else condition_vector(
+        args.objects, {name: i for i, name in enumerate(OBJECTS)}, "--objects")
     device = common.pick_device(args.device)
     checkpoint = common.load_checkpoint(args.checkpoint, SCRIPT, map_location=device)
-    condition = condition_vector(args.objects, {name: i for i, name in enumerate(OBJECTS)}, "--objects")
-    generator = build_generator(checkpoint["args"]).to(device)
-    generator.load_state_dict(checkpoint["generator"])
-    noise = torch.randn(8, checkpoint["args"]["nz"], generator=torch.Generator().manual_seed(args.seed))
-    images = sample(generator, noise.to(device), condition.expand(8, -1))
-    path = args.grid_out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "generated.png")
-    common.save_grid(images, path, nrow=8)
-    print(f"wrote 8 pictures of {', '.join(args.objects)} to {path}")
-    return path
+    settings = checkpoint["args"]
+    generator = common.rebuild(build_generator, settings, args.checkpoint).to(device)
+    common.load_weights(generator, checkpoint.get("generator_ema", checkpoint["generator"]), args.checkpoint)
+    rng = torch.Generator().manual_seed(args.seed)
+    conditions = random_conditions(args.generate, rng) if wanted is None else wanted.expand(args.generate, -1)
+    images = sample(generator, torch.randn(args.generate, settings["nz"], generator=rng).to(device), conditions)
+    common.save_grid(images, grid_path, nrow=min(8, args.generate), captions=[describe(c) for c in conditions])
+    written = [grid_path]
+    if args.png_dir:
+        written.append(common.save_pngs(images, args.png_dir))
+    if args.interpolate:  # 8 rows of 10 steps; the rows' conditions are the grid's first ones
+        starts = conditions[torch.arange(8) % args.generate]
+        noise = common.interpolation_noise(8, 10, settings["nz"], args.seed)  # a latent walk, condition fixed
+        sheet = sample(generator, noise.to(device), starts.repeat_interleave(10, 0))
+        written.append(common.save_grid(sheet, grid_path[:-len(".png")] + "_interpolation.png", nrow=10,
+                                        captions=[describe(c) if i % 10 == 0 else "" for i, c in
+                                                  enumerate(starts.repeat_interleave(10, 0))]))
+        ends, t = random_conditions(8, rng), torch.linspace(0, 1, 10).view(1, 10, 1)
+        blended = ((1 - t) * starts[:, None] + t * ends[:, None]).reshape(80, N_OBJECTS)  # fixed noise per row
+        noise = torch.randn(8, 1, settings["nz"], generator=rng).expand(8, 10, -1).reshape(80, settings["nz"])
+        sheet = sample(generator, noise.to(device), blended)
+        captions = [describe(c) if i % 10 in (0, 9) else "" for i, c in enumerate(blended)]
+        written.append(common.save_grid(sheet, grid_path[:-len(".png")] + "_condition_interpolation.png", nrow=10,
+                                        captions=captions))
+    print("wrote " + ", ".join(written))
+    return grid_path
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.generate:
+    if args.generate is not None:
         return generate(args)
-    return train(args)
+    try:
+        return train(args)
+    finally:
+        common.cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ loss plots, the progress bar, interruption handling and a training-health
 monitor. Models, losses and training loops stay in the scripts themselves.
 """
 
+import argparse
 import contextlib
 import csv
 import datetime
 import errno
 import functools
+import glob
 import io
 import json
 import math
@@ -48,15 +50,34 @@ def first_line(error):
 
 
 def run_main(main_fn, argv=None):
-    """Run a script's main() and turn the errors a user can cause into one `error: ...` line on stderr."""
+    """Run a script's main() and turn the errors a user can cause into one `error: ...` line on stderr. A run folder
+    this process created is removed again when the run fails before its first checkpoint (nothing half-made stays)."""
     signal.signal(signal.SIGTERM, _terminate_during_start_up)  # GracefulExit takes over once training runs
+    try:
+        return _run_main_errors(main_fn, argv)
+    except BaseException:
+        remove_unfinished_run_folders()
+        raise
+    finally:
+        _NEW_RUN_FOLDERS.clear()
+
+
+def remove_unfinished_run_folders():
+    """Delete the run folders this process created that hold no checkpoint yet (a failed or interrupted start)."""
+    for out in _NEW_RUN_FOLDERS:
+        if os.path.isdir(out) and not glob.glob(os.path.join(glob.escape(out), "**", "*.pt"), recursive=True):
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _run_main_errors(main_fn, argv):
     try:
         return main_fn(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print("error: interrupted before training started (nothing was written)", file=sys.stderr)
+        print("error: interrupted (a run keeps its last saved checkpoint; a run with none leaves no folder)",
+              file=sys.stderr)
         raise SystemExit(130) from None
     except (MemoryError, torch.OutOfMemoryError) as e:
         print(f"error: out of memory ({first_line(e)}): lower --batch-size, the model widths (--ngf, --ndf), --nz "
@@ -407,20 +428,18 @@ def read_image(path, mode="RGB"):
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.width * im.height > MAX_IMAGE_PIXELS:
-                    raise UserError(f"cannot read image {path}: {im.width}x{im.height} pixels is too large "
-                                    f"(more than {MAX_IMAGE_PIXELS:,}; a decompression bomb?)")
-                if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-                    values = np.asarray(im, dtype=np.float64)
-                    if im.mode == "F":
-                        top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
-                    else:
-                        top = 65535.0 if im.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-                    im = Image.fromarray(np.clip(values / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
-                return im.convert(mode)
+        with Image.open(path) as im:  # reads the header only: the size is known before any pixel is decoded
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise UserError(f"cannot read image {path}: {im.width}x{im.height} pixels is too large "
+                                f"(more than {MAX_IMAGE_PIXELS:,}; a decompression bomb?)")
+            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+                values = np.asarray(im, dtype=np.float64)
+                if im.mode == "F":
+                    top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+                else:
+                    top = 65535.0 if im.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+                im = Image.fromarray(np.clip(values / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+            return im.convert(mode)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds for broken files
@@ -430,6 +449,9 @@ def read_image(path, mode="RGB"):
 # ---------------------------------------------------------------------------
 # Run folder: one run per folder, nothing written before every check, config, output paths
 # ---------------------------------------------------------------------------
+_NEW_RUN_FOLDERS = []  # created by claim_run_folder in this process; run_main removes them if the start fails
+
+
 def default_run_dir(script):
     return os.path.join("runs", f"{script}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
@@ -451,6 +473,8 @@ def claim_run_folder(out, resume=False):
     import fcntl
 
     try:
+        if not os.path.exists(out):
+            _NEW_RUN_FOLDERS.append(os.path.abspath(out))
         os.makedirs(out, exist_ok=True)
         lock = open(os.path.join(out, ".lock"), "a+")
     except OSError as e:
@@ -474,10 +498,11 @@ def check_output_path(path, what="output"):
     folder cannot be written: atomic writes rename over the path, and this is checked before any work."""
     if os.path.islink(path) or (os.path.exists(path) and not os.path.isfile(path)):
         raise UserError(f"{what} {path} exists and is not a regular file: pass a new file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    existing = folder
-    while not os.path.isdir(existing):
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
         existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"cannot write {what} {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK):
         raise UserError(f"cannot write {what} {path}: {existing} is not writable")
     return path
@@ -505,6 +530,8 @@ def plain_args(args):
     d = vars(args) if not isinstance(args, dict) else args
     out = {}
     for k, v in d.items():
+        if k.startswith("_"):  # bookkeeping such as parse_args' _typed
+            continue
         if isinstance(v, (list, tuple)):
             out[k] = [x if isinstance(x, (int, float, str, bool, type(None))) else str(x) for x in v]
         elif isinstance(v, (int, float, str, bool, type(None))):
@@ -512,6 +539,15 @@ def plain_args(args):
         else:
             out[k] = str(v)
     return out
+
+
+def require_tensorboard():
+    """TensorBoard's SummaryWriter for --track (check it in setup, before anything is written)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--track needs TensorBoard: pip install tensorboard") from None
+    return SummaryWriter
 
 
 def read_log_rows(path, last_step):
@@ -540,9 +576,9 @@ class TrainLog:
     training minutes, and shown on the progress bar. record(step, epoch, fid=...) logs scores. Every rank keeps
     the same numbers (each checks its losses), only the master writes."""
 
-    def __init__(self, out, args, dist, total_steps, step=0, state=None, desc="train"):
+    def __init__(self, out, args, dist, total_steps, step=0, state=None, desc="train", images_per_step=None):
         self.log_every, self.skip_nonfinite = args.log_every, args.skip_nonfinite
-        self.images_per_step = args.batch_size * dist.world_size
+        self.images_per_step = (images_per_step or args.batch_size) * dist.world_size  # real images read per step
         self.master = dist.is_master
         self.path = os.path.join(out, "log.csv")
         state = state or {}
@@ -558,11 +594,7 @@ class TrainLog:
         if not self.master:
             return
         if args.track:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError("--track needs TensorBoard: pip install tensorboard") from None
-            self.tb = SummaryWriter(os.path.join(out, "tb"))
+            self.tb = require_tensorboard()(os.path.join(out, "tb"))
         rows = []
         if state and os.path.exists(self.path):  # resumed: drop rows past the checkpoint (they will be redone)
             rows, fields = read_log_rows(self.path, step)
@@ -759,23 +791,30 @@ def find_resume_checkpoint(resume, out, script, map_location="cpu"):
 # Settings that may change when a run is resumed: its budget, where and how often it writes, how it runs.
 # Every other setting (model shapes, data, losses, learning rates) is the run's own and comes from the checkpoint.
 RUNTIME_SETTINGS = {"epochs", "max_steps", "max_minutes", "out", "resume", "device", "data_dir", "log_every",
-                    "sample_every", "save_every", "eval_every", "fid_samples", "inception_weights", "no_progress",
-                    "track", "skip_nonfinite", "compile", "amp", "deterministic", "sync_bn"}
+                    "sample_every", "save_every", "eval_every", "fid_samples", "inception_weights", "classifier",
+                    "test_dir", "show", "tags_file", "cascade", "no_progress", "track", "skip_nonfinite", "compile",
+                    "amp", "deterministic", "sync_bn"}
 
 
-def settings_from_checkpoint(args, checkpoint, defaults, path):
-    """A resumed run keeps the settings it started with: those left at their default come from the checkpoint,
-    one typed with another value is refused (one line), RUNTIME_SETTINGS may change. `defaults`: parse_args([])."""
-    saved = checkpoint["args"]
+def parse_args(parser, argv=None):
+    """parser.parse_args(argv), noting which settings were typed on the command line (args._typed): a resumed run
+    takes the settings left out from its checkpoint and refuses a typed one that differs from its own."""
+    args = parser.parse_args(argv)
+    unset = object()
+    probe = parser.parse_args(argv, namespace=argparse.Namespace(**{k: unset for k in vars(args)}))
+    args._typed = sorted(k for k, v in vars(probe).items() if v is not unset)  # argparse fills only missing names
+    return args
+
+
+def settings_from_checkpoint(args, checkpoint, path):
+    """A resumed run keeps the settings it started with (model shapes, data, losses): those not typed come from the
+    checkpoint, a typed one with another value is refused (one line). RUNTIME_SETTINGS may change."""
+    saved, typed = checkpoint["args"], set(getattr(args, "_typed", ()))
     for key, value in vars(args).items():
-        if key in RUNTIME_SETTINGS or key not in saved:
+        if key in RUNTIME_SETTINGS or key not in saved or key.startswith("_"):
             continue
-        wanted = list(value) if isinstance(value, tuple) else value
-        if wanted == saved[key] or (isinstance(value, (int, float)) and isinstance(saved[key], (int, float))
-                                    and not isinstance(value, bool) and value == saved[key]):
-            continue
-        default = getattr(defaults, key, None)
-        if wanted != (list(default) if isinstance(default, tuple) else default):
+        same = (list(value) if isinstance(value, tuple) else value) == saved[key]
+        if key in typed and not same:
             raise UserError(f"--{key.replace('_', '-')} {value} differs from {saved[key]} in {path}: a resumed run "
                             f"keeps its settings (start a new run with another --out to change it)")
         setattr(args, key, saved[key])
@@ -789,6 +828,14 @@ def load_weights(module, state, path):
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise UserError(f"{path} does not fit this model ({type(e).__name__}: {first_line(e)[:200]})") from None
     return module
+
+
+def rebuild(build_generator, settings, path):
+    """build_generator(settings) for a checkpoint's settings, with missing or unsupported ones as one clear line."""
+    try:
+        return build_generator(settings)
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise UserError(f"{path}: its settings cannot rebuild the generator ({type(e).__name__}: {first_line(e)})") from None
 
 
 def say_finished(path, step, master=True):
@@ -904,18 +951,20 @@ def optimizer_step(optimizer, loss, skip_nonfinite):
     return True
 
 
-def stop_requested(flag, dist, step, every):
-    """True when `flag` (a signal came, the time budget is spent) holds. Under DDP it is checked every `every`
-    steps with one tiny all-reduce, so that all processes stop at the same step and none waits for the others."""
-    if not dist.enabled:
-        return bool(flag)
-    if step % every:
-        return False
-    import torch.distributed as tdist
+def stop_requested(signal_received, time_is_up, dist, step, every):
+    """Why the run stops now: "signal" (Ctrl-C, SIGTERM), "time" (--max-minutes spent) or None. Under DDP it is
+    decided every `every` steps with one tiny all-reduce, so that all processes stop at the same step for the same
+    reason (each has its own clock) and none waits for the others."""
+    code = 2 if signal_received else 1 if time_is_up else 0
+    if dist.enabled:
+        if step % every:
+            return None
+        import torch.distributed as tdist
 
-    t = torch.tensor([float(bool(flag))], device=dist.device)
-    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-    return t.item() > 0
+        t = torch.tensor([float(code)], device=dist.device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        code = int(t.item())
+    return {0: None, 1: "time", 2: "signal"}[code]
 
 
 # ---------------------------------------------------------------------------
@@ -1027,6 +1076,18 @@ def save_gif(frame_paths, path, duration_ms=400):
     return path
 
 
+def save_figure(fig, path):
+    """Write a matplotlib figure as PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def plot_curves(series, path, title="losses", xlabel="step", ylabel="loss"):
     """series: {name: (xs, ys)} -> one PNG with a curve each."""
     import matplotlib
@@ -1044,12 +1105,7 @@ def plot_curves(series, path, title="losses", xlabel="step", ylabel="loss"):
     ax.grid(alpha=0.3)
     if series:
         ax.legend()
-    fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_losses(history, path, title="losses"):
@@ -1073,12 +1129,7 @@ def plot_losses(history, path, title="losses"):
         ax.legend()
     axes[0, 0].set_title(title)
     axes[-1, 0].set_xlabel("step")
-    fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------

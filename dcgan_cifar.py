@@ -45,7 +45,7 @@ EVAL = {"dataset": "cifar10", "conditioning": "none"}  # what evaluate.py compar
 # Arguments
 # ---------------------------------------------------------------------------
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="DCGAN on CIFAR-10 (32 or 64 px).",
+    parser = argparse.ArgumentParser(description="DCGAN on CIFAR-10 (32 or 64 px).", usage="%(prog)s [options] (see --help)",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = parser.add_argument_group("data")
     g.add_argument("--data", choices=["cifar10", "folder", "synthetic"], default="cifar10",
@@ -99,14 +99,12 @@ def parse_args(argv=None):
     g.add_argument("--png-dir", default=None, help="with --generate: also one PNG per sample in this folder")
     g.add_argument("--interpolate", action="store_true",
                    help="with --generate: also a latent interpolation sheet (<grid>_interpolation.png)")
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     if args.generate is not None and args.checkpoint is None:
         parser.error("--generate needs --checkpoint PATH")
     return args
 
 
-# Settings that define the networks: evaluate.py and --generate rebuild the generator from them.
-MODEL_SETTINGS = ("nz", "ngf", "image_size")
 
 
 # ---------------------------------------------------------------------------
@@ -223,17 +221,6 @@ def load_data(args):
     """All data errors surface here, before anything is written."""
     if args.data == "cifar10":
         images, labels = load_cifar10(args.data_dir)
-        images, class_names = common.to_uint8_images(images, args.image_size, 3), list(CIFAR10_CLASSES)
-    elif args.data == "folder":
-        images, labels, class_names = load_image_folder(args.data_dir, args.image_size)
-    else:
-        images, labels, class_names = load_synthetic(args.n_per_class, args.image_size, args.seed)
-    return images, labels, class_names
-
-
-def load_data(args):
-    if args.data == "cifar10":
-        images, labels = load_cifar10(args.data_dir)
         return common.to_uint8_images(images, args.image_size, 3), labels, list(CIFAR10_CLASSES)
     if args.data == "folder":
         return load_image_folder(args.data_dir, args.image_size)
@@ -284,6 +271,15 @@ class Discriminator(nn.Module):
 def build_generator(settings):
     """The generator from a checkpoint's settings (evaluate.py and --generate use this)."""
     return Generator(settings["nz"], settings["ngf"], settings["image_size"])
+
+
+def build(args, device):
+    """The networks and their optimizers (train() and bench.py use this)."""
+    generator = common.prepare_model(Generator(args.nz, args.ngf, args.image_size).apply(common.dcgan_init), device)
+    discriminator = common.prepare_model(Discriminator(args.ndf, args.image_size).apply(common.dcgan_init), device)
+    optimizers = {"generator": common.adam(generator.parameters(), args.lr, (args.beta1, args.beta2), device),
+                  "discriminator": common.adam(discriminator.parameters(), args.lr, (args.beta1, args.beta2), device)}
+    return {"generator": generator, "discriminator": discriminator}, optimizers
 
 
 @torch.no_grad()
@@ -351,7 +347,7 @@ def train(args):
     out = args.out = args.out or common.default_run_dir(SCRIPT)
     checkpoint, resume_path = common.find_resume_checkpoint(args.resume, out, SCRIPT, map_location=device)
     if checkpoint is not None:  # a resumed run keeps its settings (model shapes, data, learning rates)
-        args = common.settings_from_checkpoint(args, checkpoint, parse_args([]), resume_path)
+        args = common.settings_from_checkpoint(args, checkpoint, resume_path)
     common.seed_everything(args.seed, args.deterministic)
     images, _labels, class_names = load_data(args)
     loader = common.DeviceLoader(images, None, args.batch_size, device, seed=args.seed, flip=not args.no_flip,
@@ -359,23 +355,23 @@ def train(args):
     steps_per_epoch = len(loader)
     last_step = args.epochs * steps_per_epoch if args.max_steps is None else min(args.max_steps, args.epochs * steps_per_epoch)
     score_fid = prepare_fid(args, images, device) if args.eval_every and master else None
+    if args.track and master:
+        common.require_tensorboard()
 
     # Models, optimizers, fixed noise for the sample grids; then the checkpoint's state over them.
     torch.manual_seed(args.seed)  # identical initial weights on every rank
-    generator = common.prepare_model(Generator(args.nz, args.ngf, args.image_size).apply(common.dcgan_init), device)
-    discriminator = common.prepare_model(Discriminator(args.ndf, args.image_size).apply(common.dcgan_init), device)
+    networks, optimizers = build(args, device)
+    generator, discriminator = networks["generator"], networks["discriminator"]
     ema_generator = copy.deepcopy(generator).requires_grad_(False) if args.ema > 0 else None
-    optimizers = {"generator": common.adam(generator.parameters(), args.lr, (args.beta1, args.beta2), device),
-                  "discriminator": common.adam(discriminator.parameters(), args.lr, (args.beta1, args.beta2), device)}
     fixed_noise = torch.randn(64, args.nz, 1, 1, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    saved = {"generator": generator, "discriminator": discriminator}
+    saved = dict(networks)
     if ema_generator is not None:
         saved["generator_ema"] = ema_generator
     step = 0
     if checkpoint is not None:
         common.restore_training_state(checkpoint, resume_path, saved, optimizers)
         step = checkpoint["step"]
-        if step >= last_step or args.max_minutes is not None and checkpoint["elapsed_s"] >= 60 * args.max_minutes:
+        if step >= last_step or args.max_minutes is not None and checkpoint.get("elapsed_s", 0.0) >= 60 * args.max_minutes:
             common.say_finished(resume_path, step, master)
             return out
     if dist.rank > 0:  # different noise per rank, same weights
@@ -403,14 +399,15 @@ def train(args):
             epoch = -(-step // steps_per_epoch)  # the epoch this step belongs to (1-based)
             log.add(values, step, epoch)
             time_is_up = args.max_minutes is not None and log.minutes() >= args.max_minutes
-            stopping = common.stop_requested(stop or time_is_up, dist, step, args.log_every)
+            stopping = common.stop_requested(stop, time_is_up, dist, step, args.log_every)  # same on all ranks
             epoch_done = step % steps_per_epoch == 0
             if not (epoch_done or stopping or step == last_step):
                 continue
 
             # End of an epoch, of the run, or an interruption: log, samples, scores, checkpoints.
-            log.flush(step, epoch)
-            finished = step == last_step or time_is_up
+            finished = step == last_step or stopping == "time"
+            if epoch_done or finished:  # an interrupted run keeps its unlogged steps in last.pt (exact resume)
+                log.flush(step, epoch)
             divergence = common.replica_divergence(generator, dist) if finished else 0.0  # every rank takes part
             if not master:
                 if stopping or finished:
@@ -462,7 +459,7 @@ def generate(args):
     device = common.pick_device(args.device)
     checkpoint = common.load_checkpoint(args.checkpoint, SCRIPT, map_location=device)
     settings = checkpoint["args"]
-    generator = build_generator(settings).to(device)
+    generator = common.rebuild(build_generator, settings, args.checkpoint).to(device)
     common.load_weights(generator, checkpoint.get("generator_ema", checkpoint["generator"]), args.checkpoint)
     noise = torch.randn(args.generate, settings["nz"], 1, 1, generator=torch.Generator().manual_seed(args.seed))
     images = sample(generator, noise.to(device))

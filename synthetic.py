@@ -3,7 +3,7 @@
 Three generators, each deterministic for a seed and returning uint8 tensors:
 
 - letters(chars, n_per_char, image_size, seed): handwritten-looking characters rendered from the
-  fonts matplotlib ships, with random affine jitter, stroke width and elastic distortion.
+  fonts matplotlib ships, with random affine jitter, stroke width and elastic distortion, framed as EMNIST.
 - scenes(n, image_size, seed): iCLEVR-like multi-object scenes (8 colours x 3 shapes, 1-3 objects).
 - faces(n, image_size, seed): cartoon faces with known hair and eye colours.
 
@@ -28,9 +28,12 @@ import torch.nn.functional as F
 # ===========================================================================
 
 # Handwriting-like characters for the EMNIST scripts. Each font glyph is thinned to its centre line
-# once (cached); every image then redraws that line with a round pen of random width after a random
-# affine map and a smooth elastic warp, so all fonts end up with even, pen-like strokes. All per-image
-# work is a few batched tensor operations: 10,000 images take seconds on one CPU core.
+# once (cached), and every EMNIST-Balanced class also has hand-drawn stroke forms (most images use them);
+# every image then redraws a centre line with a round pen of random, slowly varying width after a random
+# affine map and a smooth elastic warp, so all fonts end up with pen-like strokes. Then EMNIST's own
+# preparation: a Gaussian blur, the ink's bounding box centred and scaled to fill the image less a 2/28
+# border, intensities stretched to 0-255. All per-image work is a few
+# batched tensor operations: 10,000 images take seconds on one CPU core.
 
 # Index = EMNIST-Balanced label. Its 47 classes merge the lower-case letters that look like their
 # capitals (c i j k l m o p s u v w x y z).
@@ -112,6 +115,163 @@ def _centre_lines(ink):
     return x[:, 1:-1, 1:-1] > 0
 
 
+def _arc(cx, cy, rx, ry, start, end, points=24):
+    """Points of an elliptical arc from angle `start` to `end` (degrees, 0 = right, 90 = down: y points down)."""
+    t = np.radians(np.linspace(start, end, points))
+    return list(zip(cx + rx * np.cos(t), cy + ry * np.sin(t)))
+
+
+def _bowl(x0, top, bottom, reach, start=-90, end=90):
+    """Points of a half-ellipse bulging right from (x0, top) to (x0, bottom), its rightmost x = reach."""
+    return _arc(x0, (top + bottom) / 2, reach - x0, (bottom - top) / 2, start, end)
+
+
+def _loop(cx, cy, rx, ry, start=0):
+    """A closed ellipse, drawn from angle `start` (a pen rarely closes a loop exactly: the jitter takes care)."""
+    return _arc(cx, cy, rx, ry, start, start + 360, 32)
+
+
+# Hand-drawn stroke forms (polylines in a unit box, x right, y down) for every EMNIST-Balanced class: font glyphs
+# alone are too regular to cover handwriting, and a classifier that saw hand-drawn strokes for some characters
+# only learns "hand-drawn = those characters" (real B's then read as R or 8). Handwriting's own habits are
+# here: A's crossbar overshooting the legs, B's detached or open stem, one-stroke R and P, open-top 4.
+# Each form is drawn in HAND_VARIANTS jittered copies, which join the font glyphs.
+HAND_FORMS = {
+    "0": [[_loop(0.5, 0.5, 0.4, 0.5, 270)], [_loop(0.5, 0.5, 0.35, 0.5, 240) + [(0.75, 0.1)]]],
+    "1": [[[(0.5, 0), (0.5, 1)]],
+          [[(0.2, 0.25), (0.6, 0), (0.6, 1)]],
+          [[(0.25, 0.2), (0.55, 0), (0.55, 1)], [(0.25, 1), (0.85, 1)]]],
+    "2": [[_arc(0.5, 0.3, 0.38, 0.3, 190, 380) + [(0.1, 1), (0.9, 1)]],
+          [_arc(0.5, 0.28, 0.4, 0.28, 200, 400) + [(0.15, 0.95), (0.3, 0.85), (0.5, 1), (0.9, 0.95)]]],
+    "3": [[_arc(0.45, 0.25, 0.38, 0.25, 200, 450) + _arc(0.45, 0.75, 0.42, 0.25, 270, 500)[1:]],
+          [[(0.1, 0), (0.85, 0), (0.4, 0.4)] + _arc(0.45, 0.7, 0.42, 0.3, 270, 510)]],
+    "4": [[[(0.7, 1), (0.7, 0), (0.05, 0.7), (0.95, 0.7)]],
+          [[(0.3, 0), (0.1, 0.6), (0.9, 0.6)], [(0.7, 0.25), (0.7, 1)]]],
+    "5": [[[(0.85, 0), (0.2, 0), (0.15, 0.45)] + _arc(0.48, 0.7, 0.4, 0.3, 215, 500)],
+          [[(0.2, 0), (0.15, 0.45)] + _arc(0.48, 0.7, 0.4, 0.3, 215, 500), [(0.2, 0), (0.85, 0)]]],
+    "6": [[[(0.75, 0), (0.35, 0.3), (0.12, 0.7)] + _loop(0.5, 0.72, 0.38, 0.28, 180)],
+          [_arc(0.5, 0.5, 0.4, 0.5, 300, 180) + _arc(0.5, 0.72, 0.4, 0.28, 180, 520)]],
+    "7": [[[(0.1, 0), (0.9, 0), (0.35, 1)]], [[(0.1, 0.05), (0.9, 0), (0.4, 1)], [(0.35, 0.5), (0.85, 0.5)]]],
+    "8": [[_arc(0.5, 0.25, 0.3, 0.25, 330, 130) + _arc(0.5, 0.75, 0.38, 0.25, 290, 600) + [(0.75, 0.4), (0.8, 0.12)]],
+          [_arc(0.5, 0.22, 0.25, 0.22, 0, -230) + _arc(0.5, 0.72, 0.4, 0.28, 280, 620)[1:]
+           + [(0.65, 0.4), (0.75, 0.2)]],
+          [_arc(0.55, 0.25, 0.3, 0.25, 300, 120) + [(0.65, 0.55), (0.85, 0.75)] + _arc(0.5, 0.75, 0.35, 0.25, 0, 250)
+           + [(0.6, 0.45), (0.8, 0.15)]]],  # one stroke, crossing itself in the middle (a B's bowls meet at its stem)
+    "9": [[_loop(0.5, 0.3, 0.38, 0.3, 0) + [(0.85, 1)]],
+          [_loop(0.45, 0.3, 0.38, 0.3, 0) + _arc(0.55, 0.3, 0.3, 0.7, 0, 110)]],
+    "A": [
+        [[(0.1, 1), (0.5, 0), (0.9, 1)], [(0.28, 0.62), (0.72, 0.62)]],
+        [[(0.15, 1), (0.45, 0.03), (0.55, 0.03), (0.85, 1)], [(0.05, 0.6), (0.95, 0.56)]],
+        [[(0.05, 0.95), (0.5, 0), (0.8, 0.9), (0.95, 1)], [(0.3, 0.55), (0.75, 0.6)]],
+        [[(0.1, 1), (0.5, 0), (0.9, 1), (0.75, 0.65), (0.25, 0.65)]],  # crossbar drawn without lifting the pen
+        [[(0.1, 1)] + _arc(0.5, 0.4, 0.35, 0.4, 180, 360) + [(0.9, 1)], [(0.1, 0.6), (0.9, 0.6)]],  # round top
+        [[(0.05, 1), (0.6, 0), (0.75, 1)], [(0.0, 0.65), (0.95, 0.6)]],  # leaning, one leg upright
+        [[(0.25, 0.65), (0.95, 0.6)], [(0.1, 1), (0.55, 0), (0.85, 1)]],  # bar first, from the left
+    ],
+    "B": [
+        [[(0.2, 0), (0.2, 1)], _bowl(0.2, 0, 0.48, 0.75) + _bowl(0.2, 0.48, 1, 0.85)[1:]],
+        [[(0.15, 0.02), (0.2, 1)], _bowl(0.15, 0.02, 0.42, 0.7) + _bowl(0.17, 0.42, 1, 0.9)[1:]],
+        [[(0.08, 0), (0.1, 1)], _bowl(0.25, 0, 0.5, 0.8) + _bowl(0.25, 0.5, 1, 0.85)[1:]],  # stem apart: "13"
+        [[(0.2, 1), (0.2, 0)] + _bowl(0.2, 0, 0.5, 0.8)[1:] + _bowl(0.2, 0.5, 1, 0.9)[1:]],  # one stroke
+        [[(0.1, 0), (0.1, 1)], _bowl(0.1, 0, 0.45, 0.85) + _bowl(0.1, 0.45, 1, 1.0)[1:]],  # wide
+        [[(0.15, 0), (0.15, 1)], _bowl(0.15, 0, 0.38, 0.6) + _bowl(0.15, 0.38, 1, 0.95)[1:]],  # small top bowl
+        [[(0.3, 0), (0.1, 1)], _bowl(0.3, 0, 0.5, 0.95) + _bowl(0.2, 0.5, 1, 0.95)[1:]],  # leaning stem
+        [_arc(0.45, 0.5, 0.3, 0.5, 250, 110),  # bent stem
+         _bowl(0.3, 0.02, 0.5, 0.85) + _bowl(0.3, 0.5, 0.98, 0.95)[1:]],
+        [[(0.1, 0.05), (0.25, 0)] + _bowl(0.25, 0, 0.48, 0.85)[1:] + [(0.4, 0.48)] + _bowl(0.25, 0.48, 1, 0.95)[1:]
+         + [(0.15, 1)], [(0.2, 0), (0.2, 1)]],  # bowls first, overshooting the stem
+        # one stroke with round corners, up the stem and over: narrow ones read as 8 unless seen here
+        [[(0.2, 1), (0.15, 0.25)] + _arc(0.45, 0.25, 0.3, 0.25, 180, 450)[1:] + [(0.25, 0.5)]
+         + _arc(0.45, 0.75, 0.35, 0.25, 250, 480)[1:]],
+        [[(0.3, 0.95), (0.2, 0.1), (0.05, 0.05)],
+         _arc(0.4, 0.25, 0.35, 0.22, 200, 450) + _arc(0.4, 0.72, 0.4, 0.27, 260, 490)[1:]],
+    ],
+    "C": [[_arc(0.55, 0.5, 0.45, 0.5, 320, 40)], [_arc(0.5, 0.5, 0.42, 0.5, 300, 70)]],
+    "D": [[[(0.15, 0), (0.15, 1)], _bowl(0.15, 0, 1, 0.9)], [[(0.15, 1), (0.15, 0)] + _bowl(0.15, 0, 1, 0.9)[1:]]],
+    "E": [[[(0.85, 0), (0.15, 0), (0.15, 1), (0.85, 1)], [(0.15, 0.5), (0.7, 0.5)]],
+          [[(0.15, 0), (0.15, 1)], [(0.15, 0), (0.85, 0)], [(0.15, 0.5), (0.7, 0.5)], [(0.15, 1), (0.85, 1)]]],
+    "F": [[[(0.85, 0), (0.15, 0), (0.15, 1)], [(0.15, 0.5), (0.7, 0.5)]],
+          [[(0.15, 0), (0.15, 1)], [(0.15, 0), (0.85, 0)], [(0.15, 0.45), (0.65, 0.45)]]],
+    "G": [[_arc(0.5, 0.5, 0.42, 0.5, 310, 0) + [(0.92, 0.55), (0.55, 0.55)]],
+          [_arc(0.5, 0.5, 0.42, 0.5, 300, 20) + [(0.9, 0.6), (0.9, 1)]]],
+    "H": [[[(0.15, 0), (0.15, 1)], [(0.85, 0), (0.85, 1)], [(0.15, 0.5), (0.85, 0.5)]],
+          [[(0.15, 0), (0.15, 1)], [(0.15, 0.55), (0.85, 0.45)], [(0.85, 0), (0.85, 1)]]],
+    "I": [[[(0.5, 0), (0.5, 1)]], [[(0.2, 0), (0.8, 0)], [(0.5, 0), (0.5, 1)], [(0.2, 1), (0.8, 1)]]],
+    "J": [[[(0.75, 0), (0.75, 0.7)] + _arc(0.45, 0.7, 0.3, 0.3, 0, 180)],
+          [[(0.3, 0), (0.95, 0)], [(0.7, 0), (0.7, 0.7)] + _arc(0.4, 0.7, 0.3, 0.3, 0, 170)]],
+    "K": [[[(0.15, 0), (0.15, 1)], [(0.85, 0), (0.15, 0.55), (0.85, 1)]],
+          [[(0.15, 0), (0.15, 1)], [(0.85, 0), (0.15, 0.55)], [(0.35, 0.45), (0.85, 1)]]],
+    "L": [[[(0.15, 0), (0.15, 1), (0.85, 1)]], [[(0.2, 0), (0.15, 1)], [(0.15, 1), (0.85, 0.95)]]],
+    "M": [[[(0.1, 1), (0.15, 0), (0.5, 0.6), (0.85, 0), (0.9, 1)]],
+          [[(0.05, 1), (0.25, 0), (0.5, 0.7), (0.75, 0), (0.95, 1)]]],
+    "N": [[[(0.15, 1), (0.15, 0), (0.85, 1), (0.85, 0)]], [[(0.15, 0), (0.15, 1)], [(0.15, 0), (0.85, 1), (0.85, 0)]]],
+    "O": [[_loop(0.5, 0.5, 0.42, 0.5, 270)], [_loop(0.5, 0.5, 0.4, 0.5, 300)]],
+    "P": [[[(0.15, 0), (0.15, 1)], _bowl(0.15, 0, 0.55, 0.85)],
+          [[(0.15, 1), (0.15, 0)] + _bowl(0.15, 0, 0.5, 0.85)[1:]]],
+    "Q": [[_loop(0.5, 0.5, 0.42, 0.48, 270), [(0.6, 0.7), (0.95, 1.05)]],
+          [_loop(0.5, 0.45, 0.4, 0.45, 270), [(0.45, 0.75), (0.9, 1)]]],
+    "R": [[[(0.15, 0), (0.15, 1)], _bowl(0.15, 0, 0.5, 0.85), [(0.4, 0.5), (0.85, 1)]],
+          [[(0.15, 1), (0.15, 0)] + _bowl(0.15, 0, 0.5, 0.8)[1:] + [(0.85, 1)]],
+          [[(0.15, 1), (0.15, 0)] + _bowl(0.15, 0, 0.55, 0.9)[1:] + [(0.5, 0.55), (0.75, 0.9), (0.9, 1)]]],
+    "S": [[_arc(0.5, 0.27, 0.38, 0.27, 340, 90) + _arc(0.5, 0.73, 0.4, 0.27, 270, 520)[1:]],
+          [_arc(0.55, 0.25, 0.38, 0.25, 330, 110) + _arc(0.45, 0.72, 0.42, 0.28, 250, 500)[1:]]],
+    "T": [[[(0.05, 0), (0.95, 0)], [(0.5, 0), (0.5, 1)]], [[(0.05, 0.05), (0.95, 0)], [(0.45, 0), (0.55, 1)]]],
+    "U": [[[(0.15, 0), (0.15, 0.65)] + _arc(0.5, 0.65, 0.35, 0.35, 180, 0) + [(0.85, 0)]],
+          [[(0.15, 0), (0.15, 0.65)] + _arc(0.5, 0.65, 0.35, 0.35, 180, 0) + [(0.85, 0), (0.85, 1)]]],
+    "V": [[[(0.1, 0), (0.5, 1), (0.9, 0)]], [[(0.05, 0), (0.45, 1), (0.95, 0)]]],
+    "W": [[[(0.05, 0), (0.27, 1), (0.5, 0.3), (0.73, 1), (0.95, 0)]],
+          [[(0.05, 0), (0.2, 1), (0.5, 0), (0.8, 1), (0.95, 0)]]],
+    "X": [[[(0.1, 0), (0.9, 1)], [(0.9, 0), (0.1, 1)]], [[(0.15, 0), (0.85, 1)], [(0.8, 0), (0.2, 1)]]],
+    "Y": [[[(0.1, 0), (0.5, 0.5), (0.9, 0)], [(0.5, 0.5), (0.5, 1)]], [[(0.1, 0), (0.5, 0.5)], [(0.9, 0), (0.3, 1)]]],
+    "Z": [[[(0.1, 0), (0.9, 0), (0.1, 1), (0.9, 1)]],
+          [[(0.1, 0), (0.9, 0), (0.1, 1), (0.9, 1)], [(0.3, 0.5), (0.7, 0.5)]]],
+    "a": [[_loop(0.45, 0.55, 0.38, 0.42, 330), [(0.85, 0.1), (0.85, 1)]],
+          [_arc(0.45, 0.55, 0.38, 0.42, 330, 10) + [(0.85, 0.1), (0.85, 0.9), (0.95, 1)]],
+          [_arc(0.5, 0.25, 0.35, 0.25, 200, 360) + [(0.85, 1)], _arc(0.5, 0.72, 0.35, 0.28, 330, 0)]],
+    "b": [[[(0.15, 0), (0.15, 1)], _loop(0.5, 0.7, 0.35, 0.3, 180)],
+          [[(0.2, 0), (0.15, 1)] + _arc(0.5, 0.7, 0.35, 0.3, 140, -200)]],
+    "d": [[[(0.85, 0), (0.85, 1)], _loop(0.5, 0.7, 0.35, 0.3, 0)],
+          [_arc(0.5, 0.7, 0.35, 0.3, 330, -20) + [(0.85, 0), (0.85, 1)]]],
+    "e": [[[(0.1, 0.5), (0.9, 0.5)] + _arc(0.5, 0.5, 0.4, 0.5, 0, -310)],
+          [[(0.15, 0.6), (0.85, 0.4)] + _arc(0.5, 0.5, 0.4, 0.5, -20, -320)]],
+    "f": [[[(0.85, 0.1), (0.6, 0), (0.4, 0.1), (0.4, 1)], [(0.1, 0.4), (0.8, 0.4)]],
+          [_arc(0.6, 0.15, 0.25, 0.15, 0, -180) + [(0.35, 1)], [(0.1, 0.45), (0.75, 0.45)]]],
+    "g": [[_loop(0.5, 0.25, 0.35, 0.25, 0) + [(0.85, 0.8)] + _arc(0.5, 0.8, 0.35, 0.2, 0, 180)],
+          [_loop(0.5, 0.25, 0.35, 0.25, 0) + [(0.8, 1), (0.2, 0.9)]]],
+    "h": [[[(0.15, 0), (0.15, 1)], [(0.15, 0.6)] + _arc(0.5, 0.6, 0.35, 0.25, 200, 360) + [(0.85, 1)]],
+          [[(0.2, 0), (0.15, 1)] + _arc(0.5, 0.6, 0.35, 0.25, 180, 360) + [(0.85, 1)]]],
+    "n": [[[(0.15, 0.05), (0.15, 1)], [(0.15, 0.35)] + _arc(0.5, 0.35, 0.35, 0.3, 200, 360) + [(0.85, 1)]],
+          [[(0.15, 0), (0.15, 1)] + _arc(0.5, 0.35, 0.35, 0.35, 180, 360) + [(0.85, 1)]]],
+    "q": [[_loop(0.45, 0.3, 0.38, 0.3, 0), [(0.85, 0), (0.85, 1)]],
+          [_loop(0.45, 0.3, 0.38, 0.3, 0) + [(0.85, 1), (1, 0.85)]]],
+    "r": [[[(0.2, 0), (0.2, 1)], [(0.2, 0.3), (0.5, 0.02), (0.9, 0.05)]],
+          [[(0.2, 0), (0.2, 1)] + _arc(0.55, 0.3, 0.35, 0.3, 180, 300)]],
+    "t": [[[(0.45, 0), (0.45, 0.85), (0.6, 1), (0.85, 0.9)], [(0.1, 0.3), (0.85, 0.3)]],
+          [[(0.5, 0), (0.5, 1)], [(0.1, 0.3), (0.9, 0.3)]]],
+}
+HAND_VARIANTS = 16
+HAND_SHARE = 0.8  # of each character's images drawn from its hand-drawn forms
+
+
+def _hand_lines(char):
+    """Centre lines (boolean, forms x variants, canvas, canvas) of the hand-drawn forms of `char`; jitter seeded."""
+    rng = np.random.default_rng(ord(char))
+    lines = []
+    for form in HAND_FORMS.get(char, []):
+        for _ in range(HAND_VARIANTS):
+            canvas = np.zeros((GLYPH_CANVAS, GLYPH_CANVAS), dtype=bool)
+            shift = rng.normal(0, 0.05, (len(form), 2))  # each stroke moved a little against the others
+            for stroke, offset in zip(form, shift):
+                points = np.asarray(stroke, dtype=np.float64) + offset + rng.normal(0, 0.025, (len(stroke), 2))
+                for a, b in zip(points[:-1], points[1:]):
+                    t = np.linspace(0, 1, 64)[:, None]
+                    xy = (a + (b - a) * t - 0.5) * GLYPH_SIDE + GLYPH_CANVAS / 2
+                    x, y = np.clip(np.round(xy).astype(int), 0, GLYPH_CANVAS - 1).T
+                    canvas[y, x] = True
+            lines.append(canvas)
+    return np.stack(lines) if lines else np.zeros((0, GLYPH_CANVAS, GLYPH_CANVAS), dtype=bool)
+
+
 def _glyph_distances(chars):
     """For each char: distance maps (fonts, canvas, canvas) to its centre line in every font that has it (cached)."""
     new = [c for c in dict.fromkeys(chars) if c not in _GLYPHS]
@@ -124,16 +284,51 @@ def _glyph_distances(chars):
         lines = _centre_lines(torch.stack([g for c in new for g in glyphs[c]]).numpy() > 0.5)
         maps = torch.from_numpy(np.stack([distance_transform_edt(~line) for line in lines])).float()
         for c, part in zip(new, maps.split([len(glyphs[c]) for c in new])):
-            _GLYPHS[c] = part
+            hand = [distance_transform_edt(~line) for line in _hand_lines(c)]
+            _GLYPHS[c] = (torch.cat([part, torch.from_numpy(np.stack(hand)).float()]) if hand else part, len(hand))
     return [_GLYPHS[c] for c in chars]
+
+
+def _gaussian_blur(images, sigma):
+    """Blur each image (N, 1, H, W) with its own Gaussian sigma (N,), in px: one grouped conv per axis."""
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True))[:, None]  # (N, 1, taps)
+    n = len(images)
+    out = F.conv2d(F.pad(images.transpose(0, 1), (radius, radius, 0, 0)), kernel[:, :, None, :], groups=n)
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius)), kernel[:, :, :, None], groups=n)
+    return out.transpose(0, 1)
+
+
+def _emnist_frame(ink, threshold=0.3):
+    """EMNIST's framing (Cohen et al. 2017): the ink's bounding box centred, its longer side scaled to the
+    image less a 2-px border at 28 px (24/28 of the side), aspect ratio kept."""
+    n, _, h, w = ink.shape
+    rows, cols = ink.amax(3)[:, 0] > threshold, ink.amax(2)[:, 0] > threshold
+    index = torch.arange(h)
+    top, bottom = torch.where(rows, index, h).amin(1), torch.where(rows, index, -1).amax(1)
+    left, right = torch.where(cols, index, w).amin(1), torch.where(cols, index, -1).amax(1)
+    empty = bottom < top
+    centre_y = torch.where(empty, 0.0, (top + bottom + 1) / h - 1)  # grid_sample coordinates, align_corners=False
+    centre_x = torch.where(empty, 0.0, (left + right + 1) / w - 1)
+    half = torch.where(empty, 1.0, torch.maximum(bottom - top + 1, right - left + 1) / h)
+    zoom = half * 28 / 24
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = zoom, zoom, centre_x, centre_y
+    grid = F.affine_grid(theta, ink.shape, align_corners=False)
+    ink = F.grid_sample(ink, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return ink / ink.amax((1, 2, 3), keepdim=True).clamp(min=1e-6)  # EMNIST stretches the intensities to 0-255
 
 
 def letters(chars, n_per_char, image_size=32, seed=0):
     """Handwriting-like characters, EMNIST style: white strokes on black, upright, centred and large.
 
-    Each image redraws one font glyph's centre line (fonts matplotlib ships) with a random pen width,
-    scale, aspect, rotation, slant, shift and a smooth elastic warp. Returns (images, labels): uint8
-    (N, 1, image_size, image_size) and int64 indices into `chars`, n_per_char of each, char by char.
+    Each image redraws one centre line (a hand-drawn form of the character for HAND_SHARE of the images, else
+    a font matplotlib ships) with a random pen width, aspect, rotation, slant and a smooth elastic warp, then
+    blurs and frames it as EMNIST does (bounding box centred, longer side 24/28 of the image). Returns
+    (images, labels): uint8 (N, 1, image_size, image_size) and int64 indices into `chars`, n_per_char of
+    each, char by char.
     Deterministic for a seed. Raises ValueError for a character outside A-Z, a-z, 0-9.
     """
     unknown = [c for c in chars if len(c) != 1 or c not in LETTER_CHARS]
@@ -143,9 +338,11 @@ def letters(chars, n_per_char, image_size=32, seed=0):
         raise ValueError(f"letters: need distinct characters, got {chars!r}")
     if n_per_char < 1 or image_size < 8:
         raise ValueError(f"letters: need n_per_char >= 1 and image_size >= 8, got {n_per_char} and {image_size}")
-    distances = _glyph_distances(chars)
-    fonts_per_char = torch.tensor([len(d) for d in distances])
-    first_glyph = torch.cumsum(fonts_per_char, 0) - fonts_per_char
+    distances, hand_per_char = zip(*_glyph_distances(chars))
+    glyphs_per_char = torch.tensor([len(d) for d in distances])
+    hand_per_char = torch.tensor(hand_per_char)
+    fonts_per_char = glyphs_per_char - hand_per_char
+    first_glyph = torch.cumsum(glyphs_per_char, 0) - glyphs_per_char  # each char's fonts, then its hand-drawn forms
     distances = torch.cat(distances)[:, None]  # (glyphs of all chars, 1, canvas, canvas)
     labels = torch.arange(len(chars)).repeat_interleave(n_per_char)
     n = len(labels)
@@ -156,44 +353,52 @@ def letters(chars, n_per_char, image_size=32, seed=0):
     def uniform(low, high, *shape):
         return low + (high - low) * torch.rand(*shape, generator=generator)
 
-    glyph = first_glyph[labels] + (uniform(0, 1, n) * fonts_per_char[labels]).long()  # a random font per image
-    pen = uniform(1.8, 4.0, n, 1, 1, 1)      # pen radius, canvas px (at 32 px: strokes 2-4 px wide, as EMNIST)
-    edge = uniform(1.0, 2.5, n, 1, 1, 1)     # width of the soft stroke edge, drawing px: EMNIST is a little blurred
-    scale = uniform(0.86, 1.06, n)           # ink's longer side: 70%-86% of the image
-    aspect = torch.exp(uniform(-0.12, 0.12, n))
-    rotation = uniform(-math.radians(12), math.radians(12), n)
-    slant = uniform(-0.15, 0.3, n)           # handwriting leans right more often than left
-    shift = uniform(-0.06, 0.06, n, 2)       # fraction of the half-width
-    warp = uniform(0.03, 0.10, n, 1, 1, 1)   # elastic displacement, fraction of the half-width
+    # A random glyph per image: a hand-drawn form for HAND_SHARE of every character, a font for the rest.
+    hand = (uniform(0, 1, n) < HAND_SHARE) & (hand_per_char[labels] > 0)
+    pick = uniform(0, 1, n)
+    glyph = first_glyph[labels] + torch.where(hand, fonts_per_char[labels] + (pick * hand_per_char[labels]).long(),
+                                              (pick * fonts_per_char[labels]).long())
+    pen = uniform(2.6, 4.8, n, 1, 1, 1)      # pen radius, canvas px (strokes 2-4 px wide at 32 px, as EMNIST)
+    blur = uniform(0.3, 0.7, n)              # Gaussian blur sigma, image px: EMNIST blurs before shrinking
+    scale = uniform(0.72, 0.8, n)            # small enough that no glyph leaves the canvas; the framing fills it
+    aspect = torch.exp(uniform(-0.2, 0.2, n))
+    rotation = uniform(-math.radians(15), math.radians(15), n)
+    slant = uniform(-0.2, 0.45, n)           # handwriting leans right more often than left
+    warp = uniform(0.04, 0.13, n, 1, 1, 1)   # elastic displacement, fraction of the half-width
     field = torch.randn(n, 2, 4, 4, generator=generator)  # coarse random displacements, smooth once upsampled
+    wobble = 0.03 * torch.randn(n, 2, 8, 8, generator=generator)  # finer ones: a hand's unsteady line
+    pressure = torch.exp(0.25 * torch.randn(n, 1, 5, 5, generator=generator))  # pen width varying along the strokes
 
-    # Forward map glyph -> image: rotate(slant(stretch(p))) + shift; grid_sample needs the inverse.
+    # Forward map glyph -> image: rotate(slant(stretch(p))); grid_sample needs the inverse.
     cos, sin = torch.cos(rotation), torch.sin(rotation)
     rotate = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
     lean = torch.eye(2).repeat(n, 1, 1)
     lean[:, 0, 1] = -slant  # x moves right as y goes up (y points down in image coordinates)
     stretch = torch.diag_embed(torch.stack([scale * aspect.sqrt(), scale / aspect.sqrt()], -1))
     inverse = torch.linalg.inv(rotate @ lean @ stretch)
-    theta = torch.cat([inverse, -(inverse @ shift[:, :, None])], 2)
+    theta = torch.cat([inverse, torch.zeros(n, 2, 1)], 2)
 
     # Where each image point comes from, on a coarse 17x17 grid: the map is smooth, and bilinear
     # interpolation to full size keeps its affine part exact.
     coarse = F.affine_grid(theta, (n, 1, 17, 17), align_corners=True).permute(0, 3, 1, 2)
     coarse = coarse + warp * F.interpolate(field, size=(17, 17), mode="bicubic", align_corners=True)
+    coarse = coarse + F.interpolate(wobble, size=(17, 17), mode="bicubic", align_corners=True)
 
     work = 2 * image_size  # draw at twice the size, then average 2x2 pixels: anti-aliased strokes
-    ink_scale = (work / GLYPH_CANVAS) / edge  # distance in canvas px -> ink, ramping from 0 to 1 over `edge` px
+    ink_scale = work / GLYPH_CANVAS  # distance in canvas px -> drawing px
     images = torch.empty(n, 1, image_size, image_size, dtype=torch.uint8)
-    chunk = max(1, (1 << 22) // (work * work))  # bounded memory for any image size
+    chunk = max(1, (1 << 21) // (work * work))  # bounded memory for any image size
     for start in range(0, n, chunk):
         part = slice(start, min(n, start + chunk))
         grid = F.interpolate(coarse[part], size=(work, work), mode="bilinear", align_corners=True)
         # Warp the distance to the centre line (border padding: far from the line outside the canvas),
-        # then ink every point within the pen radius of the line.
+        # then ink every point within the pen radius of the line, with a one-pixel soft edge.
         distance = F.grid_sample(distances[glyph[part]], grid.permute(0, 2, 3, 1), mode="bilinear",
                                  padding_mode="border", align_corners=True)
-        ink = distance.mul_(-ink_scale[part]).add_(pen[part] * ink_scale[part] + 0.5).clamp_(0, 1)
-        images[part] = F.avg_pool2d(ink, 2).mul_(255).round_().to(torch.uint8)
+        radius = pen[part] * F.interpolate(pressure[part], size=(work, work), mode="bilinear", align_corners=True)
+        ink = distance.mul_(-ink_scale).add_(radius * ink_scale + 0.5).clamp_(0, 1)
+        ink = _emnist_frame(_gaussian_blur(ink, 2 * blur[part]))
+        images[part] = F.avg_pool2d(ink, 2).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
     return images, labels
 
 

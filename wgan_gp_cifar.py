@@ -20,7 +20,8 @@ Run:
     python wgan_gp_cifar.py --image-size 32 --batch-size 64 --lr 1e-4 --beta1 0.5 --beta2 0.9 --nz 128
                             --ngf 128 --ndf 128 --critic-norm none --epochs 1300 --max-steps 200000
     python wgan_gp_cifar.py --data synthetic --epochs 5     # offline: coloured letters, 10 classes
-    python evaluate.py runs/<run>/epoch_*.pt                # FID of every saved epoch: pick the best
+    python wgan_gp_cifar.py --generate 64 --checkpoint runs/<run>/last.pt --interpolate   # samples, no training
+    python evaluate.py runs/<run>                           # FID of every saved checkpoint of a run
 On several GPUs (one process each; --batch-size is per process):
     torchrun --standalone --nproc_per_node=4 wgan_gp_cifar.py --device cuda
 
@@ -28,9 +29,9 @@ log.csv has the Wasserstein estimate E[C(x)] - E[C(G(z))] (wasserstein), the pen
 (gradient_penalty) and the mean gradient norm at the interpolates (grad_norm, near 1 when the penalty works).
 
 Data: --data cifar10 reads the official python batches from <data-dir>/cifar-10-batches-py/ (downloading
-and unpacking cifar-10-python.tar.gz when they are missing). The 50,000 training images are decoded once
-into a uint8 tensor on the training device and fed with random horizontal flips. --data synthetic draws
-the letters A-J (synthetic.letters), each class in its own colour on a randomly tinted background.
+and unpacking cifar-10-python.tar.gz when they are missing). The images are decoded once into a uint8
+tensor on the training device and fed with random horizontal flips. --data synthetic draws the letters
+A-J (synthetic.letters), each class in its own colour on a randomly tinted background.
 """
 
 import argparse
@@ -39,19 +40,16 @@ import glob
 import os
 import pickle
 import socket
-import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 import common
-import synthetic
 
-SCRIPT = "wgan_gp_cifar"
+SCRIPT = common.script_name(__file__)  # a copy of this file (my_gan.py) writes checkpoints of its own name
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-EVAL = {"dataset": "cifar10", "conditioning": "none"}
+EVAL = {"dataset": "cifar10", "conditioning": "none"}  # what evaluate.py compares this script's samples with
 
 
 # ---------------------------------------------------------------------------
@@ -59,35 +57,70 @@ EVAL = {"dataset": "cifar10", "conditioning": "none"}
 # ---------------------------------------------------------------------------
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="WGAN-GP on CIFAR-10 (32 or 64 px).",
+                                     usage="%(prog)s [options] (see --help)",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", choices=["cifar10", "folder", "synthetic"], default="cifar10",
-                        help="cifar10: torchvision's CIFAR-10 in --data-dir; folder: every image under --data-dir; "
-                             "synthetic: coloured letters, offline")
-    parser.add_argument("--n-per-class", type=common.positive_int, default=1000,
-                        help="with --data synthetic: images per class (10 classes)")
-    parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips of the real images")
-    parser.add_argument("--lambda", dest="lambda_gp", metavar="LAMBDA", type=common.non_negative_float, default=10.0,
-                        help="weight of the gradient penalty (the paper's lambda)")
-    parser.add_argument("--n-critic", type=common.positive_int, default=5,
-                        help="critic updates per generator update (each on its own batch)")
-    parser.add_argument("--critic-norm", choices=["layer", "none"], default="layer",
-                        help="normalisation in the critic: layer (LayerNorm over C, H, W) or none; never batch norm")
-    parser.add_argument("--ngf", type=common.positive_int, default=64, help="generator feature maps (last block)")
-    parser.add_argument("--ndf", type=common.positive_int, default=64, help="critic feature maps (first block)")
-    parser.add_argument("--ema-decay", type=common.unit_interval, default=0.999,
-                        help="keep an exponential moving average of the generator's weights with this decay "
-                             "(sample grids and evaluate.py use it); 0 turns it off")
-    parser.add_argument("--fid-every", type=common.positive_int, default=None, metavar="N",
-                        help="compute FID every N epochs (evaluate.py), log it and keep best.pt; off by default")
-    parser.add_argument("--fid-samples", type=common.positive_int, default=10000,
-                        help="with --fid-every: generated and real images per FID")
-    parser.add_argument("--inception-weights", default=None,
-                        help="with --fid-every: path of the FID Inception weights (default: evaluate.py's)")
-    common.add_common_args(parser, epochs=40, batch_size=128, lr=1e-4, image_size=64, sample_every=5, save_every=5)
-    parser.set_defaults(beta1=0.0, beta2=0.9)  # the paper's Adam; --beta1 0.5 --beta2 0.999 for the report's
-    args = parser.parse_args(argv)
-    if args.image_size not in (32, 64):
-        parser.error("--image-size must be 32 or 64")
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", choices=["cifar10", "folder", "synthetic"], default="cifar10",
+                   help="cifar10: the official batches in --data-dir; folder: every image under --data-dir; "
+                        "synthetic: coloured letters, offline")
+    g.add_argument("--data-dir", default="data", help="where real datasets are read from / downloaded to")
+    g.add_argument("--n-per-class", type=common.positive_int, default=1000, help="--data synthetic: images per class")
+    g.add_argument("--no-flip", action="store_true", help="no random horizontal flips of the real images")
+    g.add_argument("--image-size", type=int, choices=[32, 64], default=64, help="image height and width")
+    g = parser.add_argument_group("model and training")
+    g.add_argument("--nz", type=common.positive_int, default=100, help="size of the generator's noise vector")
+    g.add_argument("--ngf", type=common.positive_int, default=64, help="generator feature maps (last block)")
+    g.add_argument("--ndf", type=common.positive_int, default=64, help="critic feature maps (first block)")
+    g.add_argument("--critic-norm", choices=["layer", "none"], default="layer",
+                   help="normalisation in the critic: layer (LayerNorm over C, H, W) or none; never batch norm")
+    g.add_argument("--lambda", dest="lambda_gp", metavar="LAMBDA", type=common.non_negative_float, default=10.0,
+                   help="weight of the gradient penalty (the paper's lambda)")
+    g.add_argument("--n-critic", type=common.positive_int, default=5,
+                   help="critic updates per generator update (each on its own batch)")
+    g.add_argument("--epochs", type=common.positive_int, default=40, help="passes over the training set")
+    g.add_argument("--batch-size", type=common.positive_int, default=128,
+                   help="images per critic update per process (global batch = batch size x processes)")
+    g.add_argument("--lr", type=common.positive_float, default=1e-4, help="Adam learning rate of both networks")
+    g.add_argument("--beta1", type=common.unit_interval, default=0.0, help="Adam beta1 (the paper's)")
+    g.add_argument("--beta2", type=common.unit_interval, default=0.9, help="Adam beta2 (the paper's)")
+    g.add_argument("--ema", type=common.unit_interval, default=0.999,
+                   help="decay of the moving average of the generator's weights that samples and evaluate.py use "
+                        "(0: off)")
+    g.add_argument("--seed", type=common.seed, default=0, help="random seed (data order, weights, noise)")
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", default=None, help="run folder (default runs/<script>-<time>)")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' for <out>/last.pt")
+    g.add_argument("--max-steps", type=common.positive_int, default=None,
+                   help="stop after this many steps (generator updates)")
+    g.add_argument("--max-minutes", type=common.positive_float, default=None,
+                   help="stop after this many minutes of training (a wall-clock budget)")
+    g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA and on CPUs with native bf16")
+    g.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    g.add_argument("--sync-bn", action="store_true", help="under torchrun: SyncBatchNorm across processes")
+    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on CUDA)")
+    g.add_argument("--skip-nonfinite", action="store_true", help="skip a step whose loss is NaN/inf instead of stopping")
+    g = parser.add_argument_group("logging, samples, checkpoints, scores")
+    g.add_argument("--log-every", type=common.positive_int, default=50, help="log losses every N steps")
+    g.add_argument("--sample-every", type=common.positive_int, default=5, help="sample grid every N epochs")
+    g.add_argument("--save-every", type=common.positive_int, default=5, help="keep epoch_NNN.pt every N epochs")
+    g.add_argument("--eval-every", type=common.positive_int, default=None, metavar="N",
+                   help="FID every N epochs (evaluate.py): logged, plotted, best.pt kept")
+    g.add_argument("--fid-samples", type=common.positive_int, default=10000, help="with --eval-every: images per FID")
+    g.add_argument("--inception-weights", default=None, help="FID Inception weights (default: evaluate.py's)")
+    g.add_argument("--track", action="store_true", help="also log to TensorBoard (<out>/tb)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (batch jobs)")
+    g = parser.add_argument_group("generate (no training)")
+    g.add_argument("--generate", type=common.positive_int, default=None, metavar="N",
+                   help="draw N samples from --checkpoint into a grid")
+    g.add_argument("--checkpoint", default=None, help="with --generate: the checkpoint to sample from")
+    g.add_argument("--grid-out", default=None, help="with --generate: grid PNG (default next to the checkpoint)")
+    g.add_argument("--png-dir", default=None, help="with --generate: also one PNG per sample in this folder")
+    g.add_argument("--interpolate", action="store_true",
+                   help="with --generate: also a latent interpolation sheet (<grid>_interpolation.png)")
+    args = common.parse_args(parser, argv)
+    if args.generate is not None and args.checkpoint is None:
+        parser.error("--generate needs --checkpoint PATH")
     return args
 
 
@@ -161,9 +194,6 @@ def load_cifar10(data_dir):
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
 def load_image_folder(root, image_size):
     """Every image under `root` (searched recursively), centre-cropped to a square and resized once.
     An image under a first-level subfolder gets that subfolder's name as its class (ImageFolder's layout)."""
@@ -171,20 +201,10 @@ def load_image_folder(root, image_size):
 
     from PIL import Image, ImageOps
 
-    if not os.path.isdir(root):
-        raise common.UserError(f"image folder not found: {root} (pass --data-dir PATH with --data folder)")
-    paths = sorted(p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
-                   if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p))
-    if not paths:
-        raise common.UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
+    paths = common.list_image_files(root)
 
     def decode(path):
-        try:
-            with Image.open(path) as im:
-                square = ImageOps.fit(im.convert("RGB"), (image_size, image_size), Image.BICUBIC)
-                return np.asarray(square)
-        except Exception as e:  # noqa: BLE001 - PIL raises many kinds for broken files
-            raise common.UserError(f"cannot read image {path}: {e}") from None
+        return np.asarray(ImageOps.fit(common.read_image(path, "RGB"), (image_size, image_size), Image.BICUBIC))
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes outside the GIL
         arrays = list(pool.map(decode, paths))
@@ -204,6 +224,8 @@ SYNTHETIC_COLOURS = torch.tensor([  # one clearly different colour per class
 def load_synthetic(n_per_class, image_size, seed):
     """Offline stand-in with 10 classes: letter A-J (synthetic.letters), drawn in its class's colour
     on a dark background of random tint. Quick to make, and class and colour are learnable."""
+    import synthetic  # only for the offline data: a copied script with real data needs no synthetic.py
+
     glyphs, labels = synthetic.letters(list(SYNTHETIC_CHARS), n_per_class, image_size=image_size, seed=seed)
     ink = glyphs.float() / 255  # (N, 1, S, S): 1 on the stroke, 0 on the background
     background = torch.rand(len(glyphs), 3, 1, 1, generator=torch.Generator().manual_seed(seed)) * 110
@@ -216,12 +238,10 @@ def load_data(args):
     """All data errors surface here, before anything is written."""
     if args.data == "cifar10":
         images, labels = load_cifar10(args.data_dir)
-        images, class_names = common.to_uint8_images(images, args.image_size, 3), list(CIFAR10_CLASSES)
-    elif args.data == "folder":
-        images, labels, class_names = load_image_folder(args.data_dir, args.image_size)
-    else:
-        images, labels, class_names = load_synthetic(args.n_per_class, args.image_size, args.seed)
-    return images, labels, class_names
+        return common.to_uint8_images(images, args.image_size, 3), labels, list(CIFAR10_CLASSES)
+    if args.data == "folder":
+        return load_image_folder(args.data_dir, args.image_size)
+    return load_synthetic(args.n_per_class, args.image_size, args.seed)
 
 
 # ---------------------------------------------------------------------------
@@ -268,47 +288,37 @@ class Critic(nn.Module):
         return self.net(x).flatten()
 
 
-def build_generator(args):
-    """Rebuild the generator from the plain args dict stored in a checkpoint (evaluate.py uses this)."""
-    return Generator(args["nz"], args["ngf"], args["image_size"])
+def build_generator(settings):
+    """The generator from a checkpoint's settings (evaluate.py and --generate use this)."""
+    return Generator(settings["nz"], settings["ngf"], settings["image_size"])
 
 
 def build(args, device):
+    """The networks and their optimizers (train() and bench.py use this)."""
     generator = common.prepare_model(Generator(args.nz, args.ngf, args.image_size).apply(common.dcgan_init), device)
     critic = common.prepare_model(Critic(args.ndf, args.image_size, args.critic_norm).apply(common.dcgan_init), device)
-    betas = (args.beta1, args.beta2)
-    optimizers = {"generator": common.adam(generator.parameters(), args.lr, betas, device),
-                  "critic": common.adam(critic.parameters(), args.lr, betas, device)}
+    optimizers = {"generator": common.adam(generator.parameters(), args.lr, (args.beta1, args.beta2), device),
+                  "critic": common.adam(critic.parameters(), args.lr, (args.beta1, args.beta2), device)}
     return {"generator": generator, "critic": critic}, optimizers
-
-
-def images_per_step(args):
-    """Real images one training step reads: n_critic batches (bench.py and the images/s log use this)."""
-    return args.batch_size * args.n_critic
 
 
 @torch.no_grad()
 def sample(generator, noise, labels=None):
-    """Images in [-1, 1] from noise (N, nz, 1, 1), with batch-statistics BN as in training (as dcgan_letters.py;
-    this also suits the EMA generator, whose weights never produced any running statistics). We sample on
-    copies of the running statistics, so that drawing samples never changes the model (exact resume)."""
+    """Images in [-1, 1] from noise (N, nz, 1, 1), with batch-statistics BN as in training (this also suits the
+    EMA generator, whose weights never produced running statistics). BN runs on copies of its buffers, so
+    drawing samples never changes the model (exact resume)."""
     buffers = {name: b.clone() for name, b in generator.named_buffers()}
     return torch.func.functional_call(generator, buffers, (noise,))
 
 
-@torch.no_grad()
-def update_ema(ema_generator, generator, decay, step):
-    """ema <- decay * ema + (1 - decay) * weights. The decay warms up as (1 + step) / (10 + step), so a
-    short run's average is not stuck near the random initial weights. Buffers (BN statistics) are copied."""
-    decay = min(decay, (1 + step) / (10 + step))
-    for ema_param, param in zip(ema_generator.parameters(), generator.parameters()):
-        ema_param.lerp_(param.detach(), 1 - decay)
-    for ema_buffer, buffer in zip(ema_generator.buffers(), generator.buffers()):
-        ema_buffer.copy_(buffer)
+def images_per_step(args):
+    """Real images one training step reads: n_critic batches (the loader, images/s and bench.py use this)."""
+    return args.batch_size * args.n_critic
 
 
 # ---------------------------------------------------------------------------
-# Losses and the training step
+# Training step: n_critic critic updates with the gradient penalty, then one generator update. This is the
+# part to change: the loop logs, plots and checks whatever values it returns.
 # ---------------------------------------------------------------------------
 def gradient_penalty(critic, real_images, fake_images):
     """E[(||grad_x_hat C(x_hat)||_2 - 1)^2] at x_hat = eps * x + (1 - eps) * G(z), eps ~ U[0, 1] per sample
@@ -352,192 +362,175 @@ def train_step(models, optimizers, batch, args):
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     common.optimizer_step(opt_g, loss_g, args.skip_nonfinite)
-    mean = lambda values: torch.stack(values).mean()  # noqa: E731 - over the n_critic critic updates
-    return {"loss_d": mean(critic_losses), "loss_g": loss_g.detach(), "wasserstein": mean(wasserstein),
-            "gradient_penalty": mean(penalties), "grad_norm": mean(grad_norms)}
+    return {"loss_d": torch.stack(critic_losses).mean(), "loss_g": loss_g.detach(),  # means over the critic updates
+            "wasserstein": torch.stack(wasserstein).mean(), "gradient_penalty": torch.stack(penalties).mean(),
+            "grad_norm": torch.stack(grad_norms).mean()}
 
 
 # ---------------------------------------------------------------------------
-# Training loop
+# Scores during training
 # ---------------------------------------------------------------------------
-LOG_FIELDS = ["step", "epoch", "loss_d", "loss_g", "wasserstein", "gradient_penalty", "grad_norm", "images_per_s",
-              "fid", "kid"]
-
-
 def prepare_fid(args, images, device):
-    """--fid-every: import evaluate.py (only then) and check that the Inception weights are there, before
-    any training. Returns score(generator) -> {"fid": ..., "kid": ...} against the training images."""
+    """--eval-every: FID/KID against a fixed subset of the training images, from evaluate.py (imported only then;
+    its Inception weights are checked now, not after an epoch). Returns score(generator) -> {"fid", "kid"}."""
     try:
         import evaluate
     except ImportError as e:
-        raise common.UserError(f"--fid-every needs evaluate.py next to this script ({e})") from None
-    # A fixed random subset (the synthetic set is sorted by class).
-    reference = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:args.fid_samples]]
-
-    def score(generator):
-        def sample_fn(n):
-            return sample(generator, torch.randn(n, args.nz, 1, 1, device=device))
-        return evaluate.generator_fid(sample_fn, reference, args.fid_samples, device,
-                                      batch_size=min(250, args.fid_samples), inception_weights=args.inception_weights)
-    evaluate.load_inception(args.inception_weights, device)  # a clear message now, not after an epoch
-    return score
+        raise common.UserError(f"--eval-every needs evaluate.py next to this script ({e})") from None
+    fid_of = evaluate.fid_scorer(images, args.fid_samples, device, args.inception_weights)
+    return lambda generator: fid_of(lambda n: sample(generator, torch.randn(n, args.nz, 1, 1, device=device)))
 
 
-def train_one(args, images, class_names, out, dist, score_fid=None):
-    """Train on `images` (uint8) into run folder `out`; returns the history."""
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+def train(args):
+    # Setup: every input error (flags, data, checkpoint, FID weights) surfaces before anything is written.
+    dist = common.setup_distributed(args.device)
     device, master = dist.device, dist.is_master
-    torch.manual_seed(args.seed)  # identical initial weights on every rank
-    models, optimizers = build(args, device)
-    ema_generator = copy.deepcopy(models["generator"]).requires_grad_(False) if args.ema_decay > 0 else None
-    fixed_noise = torch.randn(64, args.nz, 1, 1, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    out = args.out = args.out or common.default_run_dir(SCRIPT)
+    checkpoint, resume_path = common.find_resume_checkpoint(args.resume, out, SCRIPT, map_location=device)
+    if checkpoint is not None:  # a resumed run keeps its settings (model shapes, data, learning rates)
+        args = common.settings_from_checkpoint(args, checkpoint, resume_path)
+    common.seed_everything(args.seed, args.deterministic)
+    images, _labels, class_names = load_data(args)
+    if len(images) // dist.world_size < images_per_step(args):
+        raise common.UserError(f"{len(images)} images are fewer than one step's n_critic x batch size = "
+                               f"{images_per_step(args)} per process: lower --batch-size or --n-critic")
+    # One loader batch = one step = n_critic critic batches.
     loader = common.DeviceLoader(images, None, images_per_step(args), device, seed=args.seed, flip=not args.no_flip,
                                  rank=dist.rank, world_size=dist.world_size)
-    epoch, batch_in_epoch, step = 0, 0, 0
-    history = {"step": [], "loss_d": [], "loss_g": [], "wasserstein": [], "gradient_penalty": [], "grad_norm": [],
-               "fid_epoch": [], "fid": []}
-    meter = common.LossMeter()
+    steps_per_epoch = len(loader)
+    last_step = args.epochs * steps_per_epoch if args.max_steps is None else min(args.max_steps, args.epochs * steps_per_epoch)
+    score_fid = prepare_fid(args, images, device) if args.eval_every and master else None
+    if args.track and master:
+        common.require_tensorboard()
 
-    resume_path = common.resolve_resume(args.resume, out)
-    if resume_path:
-        checkpoint = common.load_checkpoint(resume_path, SCRIPT, map_location=device)
-        for key in models:
-            models[key].load_state_dict(checkpoint[key])
-        for key in optimizers:
-            optimizers[key].load_state_dict(checkpoint["optimizers"][key])
-        if ema_generator is not None:
-            ema_generator.load_state_dict(checkpoint.get("generator_ema", checkpoint["generator"]))
-        epoch, batch_in_epoch, step = checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["step"]
-        history, fixed_noise = checkpoint["history"], checkpoint["fixed_noise"].to(device)
-        meter.load_state_dict(checkpoint["meter"], device)
-        common.set_rng_state(checkpoint["rng"])
-        if batch_in_epoch >= len(loader):  # a different batch size or process count: start the next epoch
-            epoch, batch_in_epoch = epoch + 1, 0
-        if master:
-            print(f"resumed from {resume_path} at epoch {epoch}, step {step}", file=sys.stderr)
+    # Models, optimizers, fixed noise for the sample grids; then the checkpoint's state over them.
+    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    networks, optimizers = build(args, device)
+    generator, critic = networks["generator"], networks["critic"]
+    ema_generator = copy.deepcopy(generator).requires_grad_(False) if args.ema > 0 else None
+    fixed_noise = torch.randn(64, args.nz, 1, 1, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    saved = dict(networks)
+    if ema_generator is not None:
+        saved["generator_ema"] = ema_generator
+    step = 0
+    if checkpoint is not None:
+        common.restore_training_state(checkpoint, resume_path, saved, optimizers)
+        step = checkpoint["step"]
+        if step >= last_step or args.max_minutes is not None and checkpoint.get("elapsed_s", 0.0) >= 60 * args.max_minutes:
+            common.say_finished(resume_path, step, master)
+            return out
     if dist.rank > 0:  # different noise per rank, same weights
         torch.manual_seed(args.seed + 1000 * dist.rank + step)
+    models = {"generator": common.maybe_compile(common.wrap_ddp(generator, dist, args.sync_bn), args.compile),
+              "critic": common.maybe_compile(common.wrap_ddp(critic, dist, args.sync_bn), args.compile)}
+    shown_generator = ema_generator if ema_generator is not None else generator  # what grids and evaluate.py use
 
-    train_models = {k: common.maybe_compile(common.wrap_ddp(m, dist, args.sync_bn), args.compile) for k, m in models.items()}
-    logger = common.CSVLogger(os.path.join(out, "log.csv"), LOG_FIELDS, resume_step=step if resume_path else None,
-                              tensorboard_dir=os.path.join(out, "tb") if args.track else None) if master else None
-    monitor = common.HealthMonitor(enabled=master)
+    lock = common.claim_run_folder(out, resume=checkpoint is not None) if master else None  # all checks passed
+    if master and checkpoint is None:
+        common.write_config(out, args, SCRIPT, device, {"training_images": len(images)})
+        common.save_grid(loader.to_float(images[:64].to(device)), os.path.join(out, "real.png"), nrow=8,
+                         scale=64 // args.image_size, title="real images")
+    log = common.TrainLog(out, args, dist, last_step, step, checkpoint, desc=SCRIPT,
+                          images_per_step=images_per_step(args))  # images/s: the real images the critic reads
     real_reference = loader.to_float(images[:64].to(device))
-    total_steps = args.epochs * len(loader) if args.max_steps is None else min(args.max_steps, args.epochs * len(loader))
 
-    def save(path, finished=False):
-        common.save_checkpoint(path, {
-            "format": common.CHECKPOINT_FORMAT, "script": SCRIPT, "args": common.plain_args(args),
-            "class_names": list(class_names), "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
-            "finished": finished, "generator": common.unwrap(models["generator"]).state_dict(),
-            "critic": common.unwrap(models["critic"]).state_dict(),
-            **({"generator_ema": ema_generator.state_dict()} if ema_generator is not None else {}),
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "rng": common.rng_state(), "history": history, "fixed_noise": fixed_noise.cpu(), "meter": meter.state_dict(),
-            "world_size": dist.world_size, "replica_divergence": divergence})
-
-    def log(images_per_s):
-        means = meter.means()
-        if not means:
-            return
-        common.check_finite(means, step, args.skip_nonfinite)
-        monitor.update(means, step)
-        for k in ("step", "loss_d", "loss_g", "wasserstein", "gradient_penalty", "grad_norm"):
-            history[k].append(step if k == "step" else means[k])
-        if master:
-            logger.log({"step": step, "epoch": epoch, **means, "images_per_s": images_per_s})
-            bar.set_postfix(wasserstein=f"{means['wasserstein']:.3f}", grad_norm=f"{means['grad_norm']:.2f}",
-                            img_s=f"{images_per_s:.0f}", refresh=False)
-
-    def shown_generator():  # the averaged weights when there are any: they are what evaluate.py scores
-        return ema_generator if ema_generator is not None else models["generator"]
-
-    def write_samples(label):
-        images_now = sample(shown_generator(), fixed_noise)
-        monitor.check_samples(images_now, real_reference, label, step)
-        # Each image shown at 64 screen pixels (32 px images doubled): big enough to see, small enough for the GIF.
-        common.save_grid(images_now, os.path.join(out, "samples", f"epoch_{label:03d}.png"), nrow=8,
-                         scale=64 // args.image_size)
-        common.save_gif(sorted(glob.glob(os.path.join(out, "samples", "epoch_*.png"))), os.path.join(out, "progress.gif"))
-        common.plot_losses(history, os.path.join(out, "losses.png"), keys=("loss_d", "loss_g", "wasserstein"),
-                           title="WGAN-GP: critic loss, generator loss, Wasserstein estimate")
-
-    def evaluate_fid():
-        """Score the generator; log it and keep best.pt when it is the lowest FID so far."""
-        scores = score_fid(shown_generator())
-        history["fid_epoch"].append(epoch)
-        history["fid"].append(scores["fid"])
-        logger.log({"step": step, "epoch": epoch, "fid": scores["fid"], "kid": scores.get("kid")})
-        bar.write(f"epoch {epoch}: FID {scores['fid']:.2f}", file=sys.stderr)
-        return scores["fid"] <= min(history["fid"])
-
-    bar = common.progress_bar(total_steps, initial=step, desc=SCRIPT, disable=not master or args.no_progress)
-    interval_start, interval_steps, stopped, divergence = time.perf_counter(), 0, False, 0.0
+    # The loop: `step` is the only counter; an epoch ends every steps_per_epoch steps.
     with common.GracefulExit() as stop:
-        while epoch < args.epochs and not stopped:
-            for images_batch, _ in loader.epoch(epoch, batch_in_epoch):
-                meter.add(train_step(train_models, optimizers, {"images": images_batch, "labels": None}, args))
-                if ema_generator is not None:
-                    update_ema(ema_generator, common.unwrap(models["generator"]), args.ema_decay, step)
-                step, batch_in_epoch, interval_steps = step + 1, batch_in_epoch + 1, interval_steps + 1
-                bar.update(1)
-                at_limit = args.max_steps is not None and step >= args.max_steps
-                if step % args.log_every == 0 or at_limit:
-                    log(interval_steps * images_per_step(args) * dist.world_size / (time.perf_counter() - interval_start))
-                    interval_start, interval_steps = time.perf_counter(), 0
-                if at_limit or (stop if not dist.enabled else step % args.log_every == 0 and common.stop_requested(stop, dist)):
-                    stopped = True
+        while step < last_step:
+            real_images, _ = loader.batch(step)
+            values = train_step(models, optimizers, {"images": real_images, "labels": None}, args)
+            if ema_generator is not None:
+                common.update_ema(ema_generator, generator, args.ema, step)
+            step += 1
+            epoch = -(-step // steps_per_epoch)  # the epoch this step belongs to (1-based)
+            log.add(values, step, epoch)
+            time_is_up = args.max_minutes is not None and log.minutes() >= args.max_minutes
+            stopping = common.stop_requested(stop, time_is_up, dist, step, args.log_every)  # same on all ranks
+            epoch_done = step % steps_per_epoch == 0
+            if not (epoch_done or stopping or step == last_step):
+                continue
+
+            # End of an epoch, of the run, or an interruption: log, samples, scores, checkpoints.
+            finished = step == last_step or stopping == "time"
+            if epoch_done or finished:  # an interrupted run keeps its unlogged steps in last.pt (exact resume)
+                log.flush(step, epoch)
+            divergence = common.replica_divergence(generator, dist) if finished else 0.0  # every rank takes part
+            if not master:
+                if stopping or finished:
                     break
-            if batch_in_epoch == len(loader):  # a whole epoch is done (also when a stop came with its last batch)
-                epoch, batch_in_epoch = epoch + 1, 0
-                log(interval_steps * images_per_step(args) * dist.world_size / max(time.perf_counter() - interval_start, 1e-9))
-                interval_start, interval_steps = time.perf_counter(), 0
-            finished = epoch >= args.epochs or (args.max_steps is not None and step >= args.max_steps)
-            if finished:  # every rank takes part in this check
-                divergence = common.replica_divergence(models["generator"], dist)
-            if master and (finished or stopped or epoch == 1 or epoch % args.sample_every == 0):
-                write_samples(epoch if batch_in_epoch == 0 else epoch + 1)  # mid-epoch: the epoch under way
-            best = master and score_fid is not None and not stopped and epoch % args.fid_every == 0 and evaluate_fid()
-            if master:
-                save(os.path.join(out, "last.pt"), finished=finished)
-                if not stopped and epoch % args.save_every == 0:
-                    save(os.path.join(out, f"epoch_{epoch:03d}.pt"), finished=finished)
-                if best:
-                    save(os.path.join(out, "best.pt"), finished=finished)
-            if finished:
+                continue
+            if finished or stopping or epoch == 1 or epoch % args.sample_every == 0:
+                samples = sample(shown_generator, fixed_noise)
+                log.monitor.check_samples(samples, real_reference, epoch, step)
+                common.save_grid(samples, os.path.join(out, "samples", f"epoch_{epoch:03d}.png"), nrow=8,
+                                 scale=64 // args.image_size, title=f"epoch {epoch}, step {step}")
+                common.save_gif(sorted(glob.glob(os.path.join(out, "samples", "epoch_*.png"))),
+                                os.path.join(out, "progress.gif"))
+                common.plot_losses(log.history, os.path.join(out, "losses.png"), title=f"{SCRIPT} losses")
+            is_best = False
+            if score_fid is not None and epoch_done and not stop and epoch % args.eval_every == 0:
+                log.record(step, epoch, **score_fid(shown_generator))
+                scores = log.history["scores"]
+                is_best = scores["fid"][-1] <= min(scores["fid"])
+                common.plot_curves({"FID": (scores["epoch"], scores["fid"])}, os.path.join(out, "fid.png"),
+                                   title=f"{SCRIPT}: FID of the samples", xlabel="epoch", ylabel="FID")
+            checkpoint = {"format": common.CHECKPOINT_FORMAT, "script": SCRIPT, "args": common.plain_args(args),
+                          "class_names": list(class_names), "step": step, "epoch": epoch, "finished": finished,
+                          **{name: module.state_dict() for name, module in saved.items()},
+                          "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                          "rng": common.rng_state(), "fixed_noise": fixed_noise.cpu(), **log.state_dict(),
+                          "world_size": dist.world_size, "replica_divergence": divergence}
+            common.save_checkpoint(os.path.join(out, "last.pt"), checkpoint)
+            if epoch_done and epoch % args.save_every == 0:
+                common.save_checkpoint(os.path.join(out, f"epoch_{epoch:03d}.pt"), checkpoint)
+            if is_best:
+                common.save_checkpoint(os.path.join(out, "best.pt"), checkpoint)
+            if stopping or finished:
                 break
-        bar.close()
-        if logger:
-            logger.close()
-        if stop:
-            raise SystemExit(130)
-    return history
-
-
-def train(args):
-    dist = common.setup_distributed(args.device)
-    common.seed_everything(args.seed, args.deterministic)
-    out = args.out = args.out or common.default_run_dir(SCRIPT)
-    try:
-        images, _labels, class_names = load_data(args)  # data, checkpoint and FID errors surface before
-        if len(images) < images_per_step(args) * dist.world_size:  # anything is written
-            raise common.UserError(f"{len(images)} images are fewer than one step's n_critic x batch size = "
-                                   f"{images_per_step(args)} per process: lower --batch-size or --n-critic")
-        if args.resume not in (None, "auto"):
-            common.load_checkpoint(args.resume, SCRIPT)
-        score_fid = prepare_fid(args, images, dist.device) if args.fid_every and dist.is_master else None
-        if dist.is_master:
-            common.prepare_run_dir(out, resume=args.resume is not None)
-            common.write_config(out, args, SCRIPT, dist.device, {"training_images": len(images)})
-        train_one(args, images, class_names, out, dist, score_fid)
-        if dist.is_master:
-            print(f"done: {out}", file=sys.stderr)
-    finally:
-        common.cleanup_distributed(dist)
+    log.close()
+    if lock is not None:
+        lock.close()
+    if stop:
+        raise SystemExit(130)
     return out
 
 
+# ---------------------------------------------------------------------------
+# Generate from a checkpoint (no training)
+# ---------------------------------------------------------------------------
+def generate(args):
+    """--generate N --checkpoint PATH: a grid of N samples (+ one PNG each, + an interpolation sheet)."""
+    grid_path = common.check_output_path(args.grid_out or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)), "generated.png"), "--grid-out")
+    device = common.pick_device(args.device)
+    checkpoint = common.load_checkpoint(args.checkpoint, SCRIPT, map_location=device)
+    settings = checkpoint["args"]
+    generator = common.rebuild(build_generator, settings, args.checkpoint).to(device)
+    common.load_weights(generator, checkpoint.get("generator_ema", checkpoint["generator"]), args.checkpoint)
+    noise = torch.randn(args.generate, settings["nz"], 1, 1, generator=torch.Generator().manual_seed(args.seed))
+    images = sample(generator, noise.to(device))
+    common.save_grid(images, grid_path, nrow=min(8, args.generate))
+    written = [grid_path]
+    if args.png_dir:
+        written.append(common.save_pngs(images, args.png_dir))
+    if args.interpolate:  # 8 rows, each a walk through the latent space between two random points
+        sheet = sample(generator, common.interpolation_noise(8, 10, settings["nz"], args.seed).to(device))
+        written.append(common.save_grid(sheet, grid_path[:-len(".png")] + "_interpolation.png", nrow=10))
+    print("wrote " + ", ".join(written))
+    return grid_path
+
+
 def main(argv=None):
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    if args.generate is not None:
+        return generate(args)
+    try:
+        return train(args)
+    finally:
+        common.cleanup_distributed()
 
 
 if __name__ == "__main__":

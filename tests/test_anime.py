@@ -1,6 +1,8 @@
 """cdcgan_anime.py and synthetic.faces: face generator, MLDS tag formats, real loader, wrong tags, losses and
-ablations end to end, classifier scoring, the course's face count."""
+ablations end to end, generate and its sheets, and the faces judge in evaluate.py (classifier scores, the
+course's face count)."""
 
+import csv
 import os
 
 import numpy as np
@@ -9,6 +11,7 @@ import torch
 
 import cdcgan_anime
 import common
+import evaluate
 import synthetic
 from conftest import assert_clean_error, run_script
 
@@ -22,7 +25,7 @@ TESTING_TAGS = "".join(f"{5 * i + j + 1},{pair}\n" for i, pair in enumerate(
 def tiny_classifier(tmp_path_factory):
     """A classifier trained for a few steps: scoring only has to run, not to be right."""
     path = str(tmp_path_factory.mktemp("classifier") / "faces.pt")
-    result = cdcgan_anime.train_classifier(path, n_faces=256, n_test=132, epochs=1, verbose=False)
+    result = evaluate.faces_train_classifier(path, n_faces=256, n_test=132, epochs=1, verbose=False)
     return path, result
 
 
@@ -105,22 +108,55 @@ def test_bce_ablations_end_to_end_and_scoring(tmp_path, tiny_classifier):
     assert set(ceiling) >= {"hair_acc", "eye_acc", "both_acc"}
     (tmp_path / "testing_tags.txt").write_text(TESTING_TAGS)
     out = tmp_path / "run"
-    run_script("cdcgan_anime.py", "--image-size", "32", "--n-faces", "128", "--batch-size", "32", "--epochs", "1",
+    run_script("cdcgan_anime.py", "--image-size", "32", "--n-images", "128", "--batch-size", "32", "--epochs", "1",
                "--soft-labels", "--no-normalize", "--act", "selu", "--ngf", "16", "--ndf", "16",
                "--tags-file", tmp_path / "testing_tags.txt", "--show", "pink hair aqua eyes", "black hair gray eyes",
-               "--classifier", classifier_path, "--out", out, "--no-progress")
-    for name in ("config.json", "log.csv", "last.pt", "losses.png", "progress.gif", "accuracy.png",
-                 "samples/epoch_001.png", "samples/cgan.png"):
+               "--classifier", classifier_path, "--eval-every", "1", "--out", out, "--no-progress")
+    for name in ("config.json", "log.csv", "last.pt", "best.pt", "real.png", "losses.png", "progress.gif",
+                 "accuracy.png", "samples/epoch_001.png", "samples/cgan.png"):
         assert (out / name).exists(), name
-    log = (out / "log.csv").read_text().splitlines()
-    assert "both_acc" in log[0] and any(row.split(",")[-2] for row in log[1:])  # an accuracy row was logged
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert any(row["both_acc"] for row in rows)  # an accuracy row was logged
     checkpoint = common.load_checkpoint(str(out / "last.pt"), "cdcgan_anime")
+    assert checkpoint["history"]["scores"]["epoch"] == [1] and "generator_ema" not in checkpoint  # --ema 0: off
     generator = cdcgan_anime.build_generator(checkpoint["args"])
     generator.load_state_dict(checkpoint["generator"])
-    scores = cdcgan_anime.score_generator(generator, checkpoint["args"], classifier_path, "cpu", n_per_pair=2)
+    classifier, _ = evaluate.faces_load_classifier(classifier_path, "cpu")
+    scores = evaluate.faces_score(lambda noise, labels: cdcgan_anime.sample(generator, noise, labels), (100,),
+                                  classifier, "cpu", n_per_pair=2)
     assert scores["n"] == 264 and 0 <= scores["both_acc"] <= min(scores["hair_acc"], scores["eye_acc"]) <= 1
     images = cdcgan_anime.sample(generator, torch.randn(4, 100), torch.tensor([[0, 0], [1, 1], [2, 2], [3, 3]]))
     assert images.min() >= -1 and images.max() <= 1  # --no-normalize samples mapped back to [-1, 1]
+    # evaluate.py scores the checkpoint with the moved faces judge
+    row, = evaluate.main([str(out / "last.pt"), "--no-fid", "--classifier", classifier_path, "--device", "cpu",
+                          "--n-samples", "8", "--batch-size", "8"])
+    assert 0 <= row["both_acc"] <= 1 and not row["notes"]
+
+
+def test_generate_grid_pngs_sheets_and_interpolation(tmp_path):
+    (tmp_path / "testing_tags.txt").write_text(TESTING_TAGS)
+    out = tmp_path / "run"
+    cdcgan_anime.main(["--image-size", "32", "--n-images", "32", "--batch-size", "16", "--max-steps", "2", "--ngf", "8",
+                       "--ndf", "8", "--ema", "0.9", "--out", str(out), "--no-progress"])
+    assert "generator_ema" in common.load_checkpoint(str(out / "last.pt"))
+    grid = tmp_path / "gen" / "faces.png"
+    cdcgan_anime.main(["--generate", "3", "--checkpoint", str(out / "last.pt"), "--grid-out", str(grid),
+                       "--png-dir", str(tmp_path / "pngs"), "--interpolate", "--tags-file", str(tmp_path / "testing_tags.txt"),
+                       "--show", "blue hair red eyes", "--device", "cpu"])
+    for name in ("faces.png", "faces_interpolation.png", "faces_conditions.png", "cgan.png"):
+        assert (tmp_path / "gen" / name).exists(), name
+    assert len(os.listdir(tmp_path / "pngs")) == 3  # N faces per --show pair
+    # the tag interpolation: fixed noise, so a row starts and ends at the faces of the two pairs' own tags
+    # (no BatchNorm here, so that each face depends on its own inputs only)
+    generator = cdcgan_anime.Generator(ngf=8, image_size=32, batch_norm=False)
+    sheet, names = cdcgan_anime.tag_interpolation(generator, ["blue hair red eyes", "green hair blue eyes"], seed=0)
+    assert sheet.shape == (20, 3, 32, 32) and names[0] == "blue/red -> green/blue"
+    noise = torch.randn(2, 100, generator=torch.Generator().manual_seed(0)).repeat_interleave(10, 0)
+    ends = cdcgan_anime.sample(generator, noise[[0, 9]], torch.tensor([[8, 9], [4, 10]]))
+    assert torch.allclose(sheet[[0, 9]], ends, atol=1e-5)
+    cdcgan_anime.main(["--generate", "--checkpoint", str(out / "last.pt"), "--device", "cpu"])  # N alone: 8
+    assert (out / "generated.png").exists()
 
 
 def test_wgan_losses_and_ablations_end_to_end(tmp_path):
@@ -129,7 +165,7 @@ def test_wgan_losses_and_ablations_end_to_end(tmp_path):
     cdcgan_anime.main(["--loss", "wgan-gp", "--lambda", "1", "--data", "anime", "--data-dir", str(tmp_path),
                        "--image-size", "32", "--batch-size", "16", "--max-steps", "2", "--n-critic", "2", "--ngf", "16",
                        "--ndf", "16", "--out", str(tmp_path / "gp"), "--no-progress"])
-    cdcgan_anime.main(["--loss", "wgan-clip", "--no-bn", "--unconditional", "--image-size", "32", "--n-faces", "64",
+    cdcgan_anime.main(["--loss", "wgan-clip", "--no-bn", "--unconditional", "--image-size", "32", "--n-images", "64",
                        "--batch-size", "16", "--max-steps", "2", "--ngf", "16", "--ndf", "16",
                        "--out", str(tmp_path / "clip"), "--no-progress"])
     for run in ("gp", "clip"):
@@ -139,6 +175,10 @@ def test_wgan_losses_and_ablations_end_to_end(tmp_path):
     critic_weights = torch.cat([v.flatten() for v in clip_checkpoint["discriminator"].values()])
     assert critic_weights.abs().max() <= 0.02 + 1e-6  # weight clipping happened
     assert not any("embedding" in k for k in clip_checkpoint["generator"])  # unconditional: no tags
+    # --n-critic 2: the generator moved at step 2 only (critic-only step 1 leaves its Adam state empty at step 1)
+    gp_checkpoint = common.load_checkpoint(str(tmp_path / "gp" / "last.pt"))
+    assert gp_checkpoint["optimizers"]["generator"]["state"][0]["step"] == 1
+    assert gp_checkpoint["optimizers"]["discriminator"]["state"][0]["step"] == 2
 
 
 def test_gradient_penalty_is_zero_for_unit_slope_critic():
@@ -169,6 +209,23 @@ def test_bad_input_messages(tmp_path, capsys):
     assert "2 images" in capsys.readouterr().err  # the two untagged images are reported, not used
     with pytest.raises(common.UserError, match="no anime faces"):
         cdcgan_anime.load_anime(str(tmp_path / "elsewhere"), 32)
+    # tag files with a BOM, Windows line ends or Latin-1 bytes: read, or one line naming the row
+    (folder / "tags.csv").write_bytes(b"\xef\xbb\xbf0,blue hair red eyes\r\n1,pink hair red eyes\r\n")
+    assert cdcgan_anime.load_anime(str(folder), 32, verbose=False)[1].tolist() == [[8, 9], [7, 9]]
+    (folder / "tags.csv").write_bytes(b"0,blue hair red eyes\n1,blond\xe9 hair red eyes\n")
+    with pytest.raises(common.UserError, match="line 2.*blond\u00e9"):
+        cdcgan_anime.load_anime(str(folder), 32, verbose=False)
+    # --eval-every: the classifier is checked in setup, before anything is written
+    (tmp_path / "not_a_classifier.pt").write_text("hello")
+    for classifier, needle in ((tmp_path / "missing.pt", "no attribute classifier"),
+                               (tmp_path / "not_a_classifier.pt", "cannot load checkpoint")):
+        with pytest.raises(common.UserError, match=needle):
+            cdcgan_anime.main(["--n-images", "16", "--image-size", "32", "--batch-size", "8", "--eval-every", "1",
+                               "--classifier", str(classifier), "--out", str(tmp_path / "scored")])
+        assert not (tmp_path / "scored").exists()
+    with pytest.raises(SystemExit):
+        cdcgan_anime.parse_args(["--unconditional", "--eval-every", "1"])
+    assert "unconditional" in capsys.readouterr().err
 
 
 def test_face_count_on_sheets(shared_data, tmp_path):
@@ -178,9 +235,20 @@ def test_face_count_on_sheets(shared_data, tmp_path):
     cascade = os.path.join(shared_data, "lbpcascade_animeface.xml")
     if not os.path.isfile(cascade):
         pytest.skip("lbpcascade_animeface.xml not in ../shared/data")
-    assert cdcgan_anime.face_count(torch.zeros(25, 3, 64, 64), cascade) == 0
+    assert evaluate.faces_count(torch.zeros(25, 3, 64, 64), cascade) == 0
     images, _, _ = synthetic.faces(25, 32, seed=1)
     sheet = common.save_grid(images.float() / 127.5 - 1, str(tmp_path / "cgan.png"), nrow=5)
-    assert cdcgan_anime.face_count(sheet, cascade) >= 15  # the cartoon faces look like faces to the cascade too
+    assert evaluate.faces_count(sheet, cascade) >= 15  # the cartoon faces look like faces to the cascade too
     with pytest.raises(common.UserError, match="cascade"):
-        cdcgan_anime.face_count(sheet, str(tmp_path / "missing.xml"))
+        evaluate.faces_count(sheet, str(tmp_path / "missing.xml"))
+    # the two ways to run the course's check on a checkpoint: generate's cgan.png, and evaluate.py --face-count
+    (tmp_path / "testing_tags.txt").write_text(TESTING_TAGS)
+    cdcgan_anime.main(["--image-size", "32", "--n-images", "16", "--batch-size", "8", "--max-steps", "1", "--ngf", "8",
+                       "--ndf", "8", "--out", str(tmp_path / "run"), "--no-progress"])
+    checkpoint = str(tmp_path / "run" / "last.pt")
+    cdcgan_anime.main(["--generate", "--checkpoint", checkpoint, "--tags-file", str(tmp_path / "testing_tags.txt"),
+                       "--cascade", cascade, "--device", "cpu"])
+    assert (tmp_path / "run" / "cgan.png").exists()
+    row, = evaluate.main([checkpoint, "--no-fid", "--face-count", "--cascade", cascade, "--classifier",
+                          str(tmp_path / "missing.pt"), "--device", "cpu", "--n-samples", "8", "--batch-size", "8"])
+    assert 0 <= row["faces_found"] <= 25

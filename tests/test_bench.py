@@ -28,16 +28,14 @@ def row(output, label):
 
 
 def test_smoke_prints_a_row_per_script_with_the_baseline_ratio_and_the_extraction_row(capsys, monkeypatch):
-    import evaluate
-
     calls = []
 
     def fake_extraction_throughput(device, n_images, batch_size, **kwargs):
-        # The real one loads the 90 MB Inception file (8 s here); tests/test_evaluate.py times it on random weights.
+        # The real one loads the 90 MB Inception file (8 s here); the test below times it on random weights.
         calls.append((str(device), n_images, batch_size))
         return 12.5
 
-    monkeypatch.setattr(evaluate, "extraction_throughput", fake_extraction_throughput)
+    monkeypatch.setattr(bench, "extraction_throughput", fake_extraction_throughput)
     bench.main([*TINY, "--baseline", "--extraction-images", "6", "--extraction-batch", "4"])
     output = capsys.readouterr().out
     baseline = row(output, "baseline: DCGAN, DataLoader+PIL")
@@ -56,11 +54,41 @@ def test_smoke_prints_a_row_per_script_with_the_baseline_ratio_and_the_extractio
     assert re.search(r"^evaluate.py feature extraction\s+12.5\s", output, re.M), output
 
 
+@pytest.fixture
+def small_random_inception(monkeypatch):
+    """evaluate.py's extractor at 75 px with random weights: the timing plumbing without the 90 MB file."""
+    import evaluate
+
+    def no_weights(path=None):
+        raise common.UserError("no weights in this test")
+
+    monkeypatch.setattr(evaluate, "find_inception_weights", no_weights)
+    monkeypatch.setattr(evaluate, "INCEPTION_SIZE", 75)
+
+
+def test_extraction_benchmark_times_the_old_and_the_new_path_on_the_same_images(capsys, small_random_inception):
+    results = bench.main(["--extraction", "--extraction-images", "6", "--extraction-batch", "3", "--repeats", "1",
+                          "--threads", "1", "--device", "cpu"])
+    output = capsys.readouterr().out
+    before, now = list(results)[:2]
+    assert before.startswith("before: batch 100") and now.startswith("now: fused conv+ReLU, batch 3")
+    assert all(r["images_per_s"] > 0 for r in results.values()) and results[before]["ratio"] == 1.0
+    # fp32: the new path gives the old path's FID (3 vs 3 random-weight features: a tiny FID, float noise of 1e-6;
+    # on 50 vs 50 real images bench.py --extraction shows < 1e-6)
+    assert results[now]["fid"] == pytest.approx(results[before]["fid"], rel=1e-4)
+    assert "x before" in output and "load average" in output
+
+
+def test_extraction_throughput_reports_images_per_second(small_random_inception):
+    rate = bench.extraction_throughput("cpu", n_images=4, batch_size=2)
+    assert rate > 0 and rate < float("inf")
+
+
 @pytest.mark.parametrize("script", bench.SCRIPTS)
 def test_benchmark_data_has_the_shape_and_kind_of_the_scripts_own_data(script):
     module = importlib.import_module(script)
-    small = {"dcgan_letters": ["--chars", "A", "--n-per-char", "4"], "cdcgan_ab": ["--n-per-char", "4"],
-             "cdcgan_anime": ["--n-faces", "8"], "cgan_objects": ["--n-scenes", "8"]}
+    small = {"dcgan_letters": ["--chars", "A", "--n-per-class", "4"], "cdcgan_ab": ["--n-per-class", "4"],
+             "cdcgan_anime": ["--n-images", "8"], "cgan_objects": ["--n-images", "8"]}
     args = module.parse_args(["--image-size", "32", "--data", "synthetic", "--n-per-class", "1"]
                              if script.endswith("_cifar") else ["--image-size", "32", *small[script]])
     data = module.load_data(args)
@@ -126,7 +154,7 @@ def test_scripts_train_in_channels_last_on_the_cpu():
     conv = next(m for m in models["discriminator"].modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
     loader = common.DeviceLoader(bench.benchmark_images(8, 3, 32, seed=0), None, 4, "cpu")
-    images, _ = next(loader.epoch(0))
+    images, _ = loader.batch(0)
     assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
 
 

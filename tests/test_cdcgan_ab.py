@@ -17,7 +17,7 @@ from conftest import assert_clean_error, run_script
 # 2 x 48 images in batches of 16: 6 steps an epoch, so steps 2 and 4 stop mid-epoch.
 # One thread: these models are tiny, and two threads on cores shared with other jobs ran 10x slower here.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-TINY = ["--n-per-char", "48", "--batch-size", "16", "--ngf", "8", "--ndf", "8", "--log-every", "1",
+TINY = ["--n-per-class", "48", "--batch-size", "16", "--ngf", "8", "--ndf", "8", "--log-every", "1",
         "--device", "cpu", "--no-progress"]
 
 
@@ -58,17 +58,18 @@ def run(tmp_path_factory):
 
 def test_run_folder_and_checkpoint(run):
     out = run["out"]
-    for name in ("config.json", "log.csv", "progress.gif", "losses.png", "last.pt"):
+    for name in ("config.json", "real.png", "log.csv", "progress.gif", "losses.png", "last.pt"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert os.listdir(os.path.join(out, "samples")), "no sample grid written"
     checkpoint = common.load_checkpoint(os.path.join(out, "last.pt"), "cdcgan_ab")  # weights_only=True
-    assert checkpoint["args"]["chars"] == ["A", "B"]
-    assert set(checkpoint) >= {"generator", "discriminator", "optimizers", "rng", "history", "fixed_noise"}
+    assert checkpoint["args"]["chars"] == checkpoint["class_names"] == ["A", "B"]
+    assert set(checkpoint) >= {"generator", "discriminator", "optimizers", "rng", "history", "fixed_noise", "fixed_labels"}
+    assert checkpoint["fixed_labels"].tolist() == [0] * 8 + [1] * 8  # one row of the grid per class
 
 
 def test_resume_continues_from_saved_step(run):
     assert run["first"]["step"] == 2 and run["first"]["log_steps"] == [1, 2]
-    assert "resumed at epoch 0, step 2" in run["resumed"].stderr
+    assert "error" not in run["resumed"].stderr
     assert common.load_checkpoint(os.path.join(run["out"], "last.pt"), "cdcgan_ab")["step"] == 4
     assert read_log_steps(run["out"]) == [1, 2, 3, 4]
     # Exact: 2 steps, stop, 2 more == 4 steps in one go (same weights, same logged losses).
@@ -98,12 +99,37 @@ def test_generate_writes_one_row_per_class(run, tmp_path, capsys):
 
     grid = str(tmp_path / "generated.png")
     cdcgan_ab.main(["--generate", "3", "--checkpoint", os.path.join(run["out"], "last.pt"), "--grid-out", grid,
-                    "--device", "cpu"])
+                    "--device", "cpu", "--png-dir", str(tmp_path / "pngs"), "--interpolate"])
     assert "3 samples of each of A B" in capsys.readouterr().out
-    samples = os.path.join(run["out"], "samples")
-    with Image.open(grid) as picture, Image.open(os.path.join(samples, sorted(os.listdir(samples))[0])) as training_grid:
-        # The training grids have 2 rows (A, B) of 8 at the same scale: the same height, and narrower here.
-        assert picture.height == training_grid.height and picture.width < training_grid.width
+    # The layout of 2 rows (A, B) of 3 with their labels, as common.save_grid draws it.
+    expected = common.save_grid(torch.zeros(6, 1, 32, 32), str(tmp_path / "layout.png"), nrow=3, row_labels=["A", "B"])
+    with Image.open(grid) as picture, Image.open(expected) as layout:
+        assert picture.size == layout.size
+    assert len(os.listdir(tmp_path / "pngs")) == 6
+    for sheet in ("generated_interpolation.png", "generated_class_interpolation.png"):
+        assert (tmp_path / sheet).exists(), sheet
+
+
+def test_class_interpolation_blends_the_label_input(run):
+    """--interpolate's class sheet feeds the label branch a blend of one-hots: its ends are the two classes."""
+    checkpoint = common.load_checkpoint(os.path.join(run["out"], "last.pt"), "cdcgan_ab")
+    generator = cdcgan_ab.build_generator(checkpoint["args"])
+    generator.load_state_dict(checkpoint["generator"])
+    noise = torch.randn(4, checkpoint["args"]["nz"], 1, 1, generator=torch.Generator().manual_seed(2))
+    as_indices = cdcgan_ab.sample(generator, noise, torch.tensor([0, 1, 0, 1]))
+    as_weights = cdcgan_ab.sample(generator, noise, torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]))
+    assert torch.allclose(as_indices, as_weights, atol=1e-6)
+    halfway = cdcgan_ab.sample(generator, noise, torch.full((4, 2), 0.5))
+    assert not torch.allclose(halfway, as_indices, atol=1e-4)
+
+
+def test_resume_keeps_the_run_settings(run, tmp_path):
+    """A resumed run takes the settings left out from its checkpoint and refuses a typed different class list."""
+    finished = run_in_process("--max-steps", "4", "--resume", "auto", "--out", run["out"], "--device", "cpu")
+    # --ngf 8, --n-per-class 48 ... come from last.pt (the defaults would not fit its weights): it is finished.
+    assert finished.returncode == 0 and "this run is finished (step 4)" in finished.stderr, finished.stderr
+    other = run_in_process(*TINY, "--chars", "A", "C", "--max-steps", "6", "--resume", "auto", "--out", run["out"])
+    assert_clean_error(other, "error:", "--chars", "differs")
 
 
 def test_folder_loader_reads_course_files(shared_data):

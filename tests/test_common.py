@@ -1,5 +1,7 @@
 """Unit tests for the shared helpers: checkpoints, RNG state, the device loader, logging, health monitor."""
 
+import copy
+import csv
 import os
 import pickle
 import random
@@ -70,38 +72,64 @@ def test_rng_state_round_trip():
     assert random.random() == expected[2]
 
 
+def _epoch(loader, epoch, start_batch=0):
+    """The pixel values (the image ids) of one epoch's batches, from loader.batch(step)."""
+    steps = range(epoch * len(loader) + start_batch, (epoch + 1) * len(loader))
+    return torch.cat([(loader.batch(step)[0][:, 0, 0, 0] * 255).round() for step in steps])
+
+
 def test_device_loader_shards_are_disjoint_and_reproducible():
     images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
     shards = [common.DeviceLoader(images, batch_size=4, seed=3, rank=r, world_size=2, normalize=False) for r in range(2)]
-    seen = [torch.cat([(b[:, 0, 0, 0] * 255).round() for b, _ in s.epoch(1)]) for s in shards]
+    seen = [_epoch(s, 1) for s in shards]
     assert len(set(seen[0].tolist()) & set(seen[1].tolist())) == 0
     assert len(seen[0]) == len(seen[1]) == 20
-    again = torch.cat([(b[:, 0, 0, 0] * 255).round() for b, _ in shards[0].epoch(1)])
-    assert torch.equal(again, seen[0])  # same epoch, same order: mid-epoch resume relies on it
-    other_epoch = torch.cat([(b[:, 0, 0, 0] * 255).round() for b, _ in shards[0].epoch(2)])
-    assert not torch.equal(other_epoch, seen[0])
-    skipped = torch.cat([(b[:, 0, 0, 0] * 255).round() for b, _ in shards[0].epoch(1, start_batch=2)])
-    assert torch.equal(skipped, seen[0][8:])
+    assert torch.equal(_epoch(shards[0], 1), seen[0])  # same epoch, same order: resume at any step relies on it
+    assert not torch.equal(_epoch(shards[0], 2), seen[0])
+    assert torch.equal(_epoch(shards[0], 1, start_batch=2), seen[0][8:])
+    fresh = common.DeviceLoader(images, batch_size=4, seed=3, rank=0, world_size=2, normalize=False)
+    assert torch.equal(_epoch(fresh, 1, start_batch=2), seen[0][8:])  # a new process (a resume) sees the same
 
 
 def test_device_loader_range_and_small_dataset_error():
     images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).repeat(4, 1, 1, 1)
-    batch, _ = next(common.DeviceLoader(images, batch_size=8).epoch(0))
+    batch, _ = common.DeviceLoader(images, batch_size=8).batch(0)
     assert batch.min().item() == -1.0 and batch.max().item() == 1.0
     with pytest.raises(common.UserError, match="fewer than one batch"):
         common.DeviceLoader(images, batch_size=9)
 
 
-def test_loss_meter_means_and_state():
-    meter = common.LossMeter()
-    meter.add({"loss": torch.tensor(1.0)})
-    state = meter.state_dict()
-    meter.add({"loss": torch.tensor(3.0)})
-    assert meter.means() == {"loss": 2.0}
-    restored = common.LossMeter()
-    restored.load_state_dict(state, "cpu")
-    restored.add({"loss": torch.tensor(5.0)})
-    assert restored.means() == {"loss": 3.0}
+class _Args:
+    log_every, skip_nonfinite, batch_size, track, no_progress = 2, False, 4, False, True
+
+
+def test_train_log_takes_any_keys_and_resumes_its_meter(tmp_path):
+    dist = common.Dist()
+    log = common.TrainLog(str(tmp_path), _Args(), dist, total_steps=10)
+    log.add({"loss_hinge": torch.tensor(1.0)}, step=1, epoch=1)
+    state = copy.deepcopy(log.state_dict())  # a checkpoint between two log steps keeps the half-filled meter
+    log.add({"loss_hinge": torch.tensor(3.0)}, step=2, epoch=1)
+    resumed = common.TrainLog(str(tmp_path), _Args(), dist, total_steps=10, step=1, state=state)
+    resumed.add({"loss_hinge": torch.tensor(3.0)}, step=2, epoch=1)
+    resumed.add({"loss_hinge": torch.tensor(5.0), "accuracy": torch.tensor(0.5)}, step=3, epoch=1)
+    resumed.add({"loss_hinge": torch.tensor(7.0), "accuracy": torch.tensor(0.7)}, step=4, epoch=1)  # a new column
+    resumed.record(4, 1, fid=12.5)
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["loss_hinge"], r["accuracy"]) for r in rows[:2]] == [("2", "2", ""), ("4", "6", "0.6")]
+    assert rows[2]["fid"] == "12.5" and resumed.history["scores"]["fid"] == [12.5]
+    assert resumed.history["loss_hinge"] == [2.0, 6.0]
+    assert {"step", "epoch", "images_per_s", "minutes"} <= set(rows[0])
+
+
+def test_train_log_resume_drops_later_rows_and_survives_a_torn_file(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"step,epoch,loss\n1,1,0.5\n2,1,0.4\n3,1,0.33,4,1,0.2\n5,1,0.1\n\0\0\0\0")
+    log = common.TrainLog(str(tmp_path), _Args(), common.Dist(), total_steps=10, step=4,
+                          state={"history": {"step": []}, "meter": {"sums": {}, "count": 0}})
+    log.close()
+    with open(path) as f:
+        assert [r["step"] for r in csv.DictReader(f)] == ["1", "2"]  # the merged row and the rows past step 4 go
 
 
 def test_check_finite_names_the_step():
@@ -125,23 +153,17 @@ def test_health_monitor_warns_once(capsys):
     assert "mode collapse" in capsys.readouterr().err
 
 
-def test_csv_logger_resume_drops_later_rows(tmp_path):
-    path = str(tmp_path / "log.csv")
-    logger = common.CSVLogger(path, ["step", "loss"])
-    for step in (1, 2, 3):
-        logger.log({"step": step, "loss": float(step)})
-    common.CSVLogger(path, ["step", "loss"], resume_step=2)
-    with open(path) as f:
-        assert [line.split(",")[0] for line in f.read().split()] == ["step", "1", "2"]
-
-
-def test_prepare_run_dir_refuses_unwritable_and_existing(tmp_path):
+def test_claim_run_folder_refuses_unwritable_existing_and_a_second_run(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(common.UserError, match="cannot write"):
-        common.prepare_run_dir(str(blocker / "run"))
+        common.claim_run_folder(str(blocker / "run"))
     run = tmp_path / "run"
-    common.prepare_run_dir(str(run))
+    lock = common.claim_run_folder(str(run))
+    with pytest.raises(common.UserError, match="another run is using"):
+        common.claim_run_folder(str(run), resume=True)
+    lock.close()  # the run ended (or was killed: the kernel drops its flock): the folder is free again
+    common.claim_run_folder(str(run), resume=True).close()
     (run / "last.pt").write_text("x")
     with pytest.raises(common.UserError, match="--resume auto"):
-        common.prepare_run_dir(str(run))
+        common.claim_run_folder(str(run))

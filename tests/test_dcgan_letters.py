@@ -11,7 +11,7 @@ import common
 import dcgan_letters
 from conftest import assert_clean_error, run_script
 
-TINY = ["--n-per-char", "96", "--batch-size", "32", "--log-every", "1", "--no-progress"]
+TINY = ["--n-per-class", "96", "--batch-size", "32", "--log-every", "1", "--no-progress"]
 
 
 def read_log(path):
@@ -23,8 +23,8 @@ def test_end_to_end_run_writes_the_run_folder(tmp_path):
     out = tmp_path / "run"
     run_script("dcgan_letters.py", "--chars", "A", "--epochs", "2", "--sample-every", "1", "--save-every", "1",
                "--out", out, *TINY)
-    for name in ("config.json", "A/last.pt", "A/epoch_001.pt", "A/log.csv", "A/losses.png", "A/progress.gif",
-                 "A/samples/epoch_001.png", "A/samples/epoch_002.png"):
+    for name in ("A/config.json", "A/real.png", "A/last.pt", "A/epoch_001.pt", "A/log.csv", "A/losses.png",
+                 "A/progress.gif", "A/samples/epoch_001.png", "A/samples/epoch_002.png"):
         assert (out / name).exists(), name
     rows = read_log(out / "A" / "log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -34,10 +34,12 @@ def test_end_to_end_run_writes_the_run_folder(tmp_path):
     generator.load_state_dict(checkpoint["generator"])
     images = dcgan_letters.sample(generator, torch.randn(4, checkpoint["args"]["nz"], 1, 1))
     assert images.shape == (4, 1, 32, 32) and images.min() >= -1 and images.max() <= 1
-    # --generate: samples from the checkpoint, no training data needed.
+    # --generate: samples from the checkpoint, no training data needed; one PNG each and a latent walk on request.
     grid = tmp_path / "grid.png"
-    dcgan_letters.main(["--generate", "16", "--checkpoint", str(out / "A" / "last.pt"), "--grid-out", str(grid)])
-    assert grid.exists()
+    dcgan_letters.main(["--generate", "16", "--checkpoint", str(out / "A" / "last.pt"), "--grid-out", str(grid),
+                        "--png-dir", str(tmp_path / "pngs"), "--interpolate"])
+    assert grid.exists() and (tmp_path / "grid_interpolation.png").exists()
+    assert len(os.listdir(tmp_path / "pngs")) == 16
 
 
 def test_exact_resume_mid_epoch(tmp_path):
@@ -51,7 +53,7 @@ def test_exact_resume_mid_epoch(tmp_path):
     assert split["step"] == straight["step"] == 5
     for key, value in straight["generator"].items():
         assert torch.equal(value, split["generator"][key]), key
-    drop = ("images_per_s",)
+    drop = ("images_per_s", "minutes")  # timings
     strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
     assert strip(read_log(tmp_path / "split" / "B" / "log.csv")) == strip(read_log(tmp_path / "straight" / "B" / "log.csv"))
 
@@ -59,7 +61,20 @@ def test_exact_resume_mid_epoch(tmp_path):
 def test_learning_rate_comparison_plot(tmp_path):
     dcgan_letters.main(["--chars", "C", "--lr", "1e-4", "1e-3", "--max-steps", "2", "--out", str(tmp_path), *TINY])
     assert (tmp_path / "C" / "lr_comparison.png").exists()
-    assert (tmp_path / "C" / "lr_0.0001" / "last.pt").exists() and (tmp_path / "C" / "lr_0.001" / "last.pt").exists()
+    for rate in (1e-4, 1e-3):  # one run each, with its own rate in its checkpoint
+        checkpoint = common.load_checkpoint(str(tmp_path / "C" / f"lr_{rate:g}" / "last.pt"), "dcgan_letters")
+        assert checkpoint["args"]["lr"] == rate and checkpoint["args"]["chars"] == ["C"]
+
+
+def test_resume_keeps_the_settings_of_each_run(tmp_path, capsys):
+    """A resumed run takes its settings from its checkpoint (flags left out) and refuses a typed different value."""
+    dcgan_letters.main(["--chars", "D", "--lr", "1e-3", "--max-steps", "2", "--out", str(tmp_path), *TINY])
+    # No --lr, no --n-per-class: both come from D/last.pt (the default rate and 2,400 images would not fit it).
+    dcgan_letters.main(["--chars", "D", "--max-steps", "2", "--resume", "auto", "--out", str(tmp_path), "--no-progress"])
+    assert "this run is finished (step 2)" in capsys.readouterr().err
+    with pytest.raises(common.UserError, match="--lr 0.0001 differs from 0.001"):
+        dcgan_letters.main(["--chars", "D", "--lr", "1e-4", "--max-steps", "3", "--resume", "auto", "--out",
+                            str(tmp_path), *TINY])
 
 
 def test_folder_layout_reads_the_course_files(tmp_path, shared_data):
@@ -107,10 +122,16 @@ def test_bad_input_fails_cleanly_without_writing(tmp_path, argv, needle):
 
 
 def test_bad_files_fail_cleanly(tmp_path):
+    from PIL import Image
+
     (tmp_path / "Train" / "10").mkdir(parents=True)
-    args = ["--data", "folder", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]
-    with pytest.raises(common.UserError, match="no .jpeg"):
-        dcgan_letters.main([*args, "--chars", "A"])
+    (tmp_path / "Train" / "11").mkdir(parents=True)
+    for i in range(8):  # B's folder has images (28x28 PNG data named .jpeg, as the course's), A's has none
+        Image.new("L", (28, 28)).save(tmp_path / "Train" / "11" / f"{i}.jpeg", format="PNG")
+    args = ["--data", "folder", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), *TINY, "--batch-size", "8"]
+    with pytest.raises(common.UserError, match="no .jpeg"):  # A is checked before B trains: nothing is written
+        dcgan_letters.main([*args, "--chars", "B", "A"])
+    assert not (tmp_path / "run").exists()
     with pytest.raises(common.UserError, match="does not exist"):
         dcgan_letters.main([*args, "--folders", "3"])
     foreign = tmp_path / "foreign.pt"

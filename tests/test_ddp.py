@@ -14,10 +14,10 @@ from conftest import REPO
 
 # script -> (tiny training flags, folder of the run inside --out that holds last.pt)
 SCRIPTS = {
-    "dcgan_letters": (["--chars", "A", "--n-per-char", "128", "--batch-size", "16"], "A"),
+    "dcgan_letters": (["--chars", "A", "--n-per-class", "128", "--batch-size", "16"], "A"),
     "wgan_gp_cifar": (["--data", "synthetic", "--n-per-class", "8", "--image-size", "32", "--ngf", "8", "--ndf", "8",
                        "--batch-size", "4", "--n-critic", "2"], "."),
-    "cgan_objects": (["--n-scenes", "64", "--image-size", "32", "--ngf", "8", "--ndf", "8", "--batch-size", "8",
+    "cgan_objects": (["--n-images", "64", "--image-size", "32", "--ngf", "8", "--ndf", "8", "--batch-size", "8",
                       "--eval-every", "100"], "."),
 }
 

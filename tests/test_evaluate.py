@@ -76,6 +76,35 @@ def test_a_large_imaginary_part_fails_loudly():
         evaluate.frechet_distance(np.zeros(2), np.diag([-1.0, 1.0]), np.zeros(2), np.eye(2))
 
 
+def test_precision_recall_density_coverage_known_answers():
+    real = gaussian_features(300, 16, seed=10)
+    same = evaluate.precision_recall_density_coverage(real, real)
+    # identical sets: every point lies in its own ball; each k-NN ball holds itself and its k neighbours: (k + 1) / k
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
+    assert same["density"] == pytest.approx((evaluate.DC_K + 1) / evaluate.DC_K, abs=0.02)
+    far = evaluate.precision_recall_density_coverage(real, real + 1000.0)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+    other = evaluate.precision_recall_density_coverage(real, gaussian_features(300, 16, seed=11))
+    assert 0.5 < other["precision"] < 1 and 0.5 < other["recall"] < 1 and 0.7 < other["density"] < 1.3
+    # a generator that collapses onto a few real points: precise, but no recall and little coverage
+    collapsed = evaluate.precision_recall_density_coverage(real, np.repeat(real[:3], 100, 0))
+    assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.1 and collapsed["coverage"] < 0.1
+
+
+def test_kid_std_is_the_population_std_and_a_too_large_subset_is_refused():
+    a = torch.from_numpy(gaussian_features(40, 8, seed=12)).float()
+    b = torch.from_numpy(gaussian_features(40, 8, seed=13)).float()
+    # two subsets: the population std (ddof=0, torch-fidelity's) is half their difference, |first - mean|
+    mean, std = evaluate.kernel_inception_distance(a, b, subsets=2, subset_size=10)
+    first, first_std = evaluate.kernel_inception_distance(a, b, subsets=1, subset_size=10)
+    assert first_std == 0.0 and std == pytest.approx(abs(first - mean), rel=1e-9) and std > 0
+    with pytest.raises(common.UserError, match="--kid-subset-size"):
+        evaluate.kernel_inception_distance(a, b[:9], subsets=2, subset_size=10)
+    assert evaluate.choose_kid_subset_size(None, 40, 9) == 9  # the default adapts (and the protocol line says so)
+    proc = run_script("evaluate.py", "x.pt", "--n-samples", "50", "--kid-subset-size", "100", check=False)
+    assert_clean_error(proc, "--kid-subset-size 100 is above --n-samples 50")
+
+
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shift():
     a = torch.from_numpy(gaussian_features(300, 64, seed=6)).abs().float()
     b = torch.from_numpy(gaussian_features(300, 64, seed=7)).abs().float()
@@ -169,10 +198,18 @@ def test_generator_fid_library_function(random_weights):
     assert 0 <= near_scores["fid"] < far_scores["fid"]
 
 
-def test_extraction_throughput_reports_images_per_second(random_weights):
-    rate = evaluate.extraction_throughput("cpu", n_images=4, batch_size=2, inception_weights=random_weights,
-                                          inception_size=75)
-    assert rate > 0 and np.isfinite(rate)
+def test_fused_extractor_gives_the_same_features_and_amp_stays_close(random_weights):
+    """load_inception fuses conv + ReLU on the CPU (one oneDNN call): the features are those of the plain modules;
+    --amp's bf16 features stay within a few percent."""
+    fused = evaluate.load_inception(random_weights, "cpu", size=75)
+    plain = evaluate.InceptionFeatures(evaluate.load_inception_state_dict(random_weights), 75).to(
+        memory_format=torch.channels_last)
+    pixels = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    ours, theirs = evaluate.extract_features(fused, pixels, 2), evaluate.extract_features(plain, pixels, 2)
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
+    half = evaluate.extract_features(fused, pixels, 2, amp=True)
+    if evaluate.amp_inception("cpu", True):
+        assert (half - ours).abs().max() < 0.05 * ours.abs().max()
 
 
 # ---------------------------------------------------------------------------
@@ -255,14 +292,14 @@ def write_fake_cifar10(root):
 COMMON = ["--batch-size", "8", "--epochs", "1", "--max-steps", "1", "--log-every", "1", "--no-progress",
           "--device", "cpu", "--ngf", "8", "--ndf", "8"]
 TINY_RUNS = {  # script -> (argv, checkpoint inside the run folder)
-    "dcgan_letters": (["--chars", "A", "--n-per-char", "16", "--epochs", "2", "--max-steps", "1000", "--save-every", "1"],
+    "dcgan_letters": (["--chars", "A", "--n-per-class", "16", "--epochs", "2", "--max-steps", "1000", "--save-every", "1"],
                       "A/last.pt"),
-    "cdcgan_ab": (["--n-per-char", "8"], "last.pt"),
+    "cdcgan_ab": (["--n-per-class", "8"], "last.pt"),
     "dcgan_cifar": (["--data", "cifar10", "--data-dir", "{cifar}"], "last.pt"),
     "acgan_cifar": (["--data", "cifar10", "--data-dir", "{cifar}"], "last.pt"),
     "wgan_gp_cifar": (["--data", "cifar10", "--data-dir", "{cifar}", "--n-critic", "1"], "last.pt"),
-    "cgan_objects": (["--image-size", "32", "--n-scenes", "16", "--cond-dim", "8"], "last.pt"),
-    "cdcgan_anime": (["--image-size", "32", "--n-faces", "16"], "last.pt"),
+    "cgan_objects": (["--image-size", "32", "--n-images", "16", "--cond-dim", "8"], "last.pt"),
+    "cdcgan_anime": (["--image-size", "32", "--n-images", "16"], "last.pt"),
 }
 LANDED = [s for s in TINY_RUNS if os.path.isfile(os.path.join(REPO, f"{s}.py"))]
 
@@ -372,3 +409,174 @@ def test_the_ema_generator_is_the_one_scored(workspace):
     for name, value in loaded.generator.state_dict().items():
         assert torch.equal(value, checkpoint["generator_ema"][name]), name
     assert any(not torch.equal(checkpoint["generator"][k], checkpoint["generator_ema"][k]) for k in checkpoint["generator"])
+
+
+# ---------------------------------------------------------------------------
+# Inputs: folders of images, run folders, --weights (issue 19)
+# ---------------------------------------------------------------------------
+def test_a_folder_of_the_samples_scores_as_the_checkpoint_does(workspace, random_weights, tmp_path):
+    """folder:SAMPLES --ref folder:REAL gives the checkpoint's FID, KID and manifold scores on the same images."""
+    path = tiny_checkpoint("dcgan_cifar", workspace)
+    loaded = evaluate.LoadedCheckpoint(path, torch.device("cpu"))
+    samples = torch.cat([images for _, images in evaluate.sample_batches(loaded, 8, 8, seed=0)])
+    common.save_pngs(samples, str(tmp_path / "samples"))
+    real = evaluate.import_script("dcgan_cifar").load_cifar10(workspace[1])[0][:16]
+    common.save_pngs(real.float() / 127.5 - 1, str(tmp_path / "real"))  # exact 8-bit round trip
+    argv = evaluate_argv(workspace, random_weights, "--ref", f"folder:{tmp_path / 'real'}", "--seed", "0")
+    [from_checkpoint] = evaluate.main([path, *argv])
+    [from_folder] = evaluate.main([f"folder:{tmp_path / 'samples'}", *argv])
+    assert from_folder["n"] == 8 and from_folder["ref_n"] == 16
+    for key in ("fid", "kid", "precision", "recall", "density", "coverage"):
+        assert from_folder[key] == pytest.approx(from_checkpoint[key], rel=1e-6, abs=1e-12), key
+
+
+def test_a_run_folder_evaluates_its_checkpoints_and_says_which(workspace, tmp_path, capsys):
+    last = tiny_checkpoint("dcgan_cifar", workspace)
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("epoch_001.pt", "last.pt"):  # last.pt: the same step as epoch_001.pt, so scored once
+        os.symlink(last, run / name)
+    rows = evaluate.main([str(run), "--no-fid", "--n-samples", "4", "--batch-size", "4", "--device", "cpu"])
+    assert [os.path.basename(r["checkpoint"]) for r in rows] == ["epoch_001.pt"]
+    err = capsys.readouterr().err
+    assert "evaluating epoch_001.pt last.pt" in err and "last.pt: skipped, the same step" in err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(common.UserError, match="folder without checkpoints"):
+        evaluate.main([str(tmp_path / "empty"), "--no-fid"])
+
+
+def test_weights_flag_picks_the_raw_or_the_averaged_generator(workspace, tmp_path):
+    path = tiny_checkpoint("dcgan_cifar", workspace)
+    raw = evaluate.LoadedCheckpoint(path, torch.device("cpu"), "raw")
+    checkpoint = torch.load(path, weights_only=True)
+    assert raw.weights_name == "generator"
+    assert all(torch.equal(v, checkpoint["generator"][k]) for k, v in raw.generator.state_dict().items())
+    del checkpoint["generator_ema"]
+    torch.save(checkpoint, tmp_path / "no_ema.pt")
+    assert evaluate.LoadedCheckpoint(str(tmp_path / "no_ema.pt"), torch.device("cpu")).weights_name == "generator"
+    with pytest.raises(common.UserError, match="no generator_ema"):
+        evaluate.main([str(tmp_path / "no_ema.pt"), "--weights", "ema", "--no-fid"])
+
+
+def test_without_fid_the_plot_shows_accuracy_against_epoch(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(common, "plot_curves", lambda series, path, **kw: drawn.update(series=series, **kw) or path)
+    rows = [{"checkpoint": f"run/epoch_00{e}.pt", "epoch": e, "accuracy": a, "fid": None} for e, a in ((1, 0.4), (2, 0.7))]
+    evaluate.write_plot(rows, str(tmp_path / "plot.png"))
+    assert drawn["ylabel"] == "accuracy" and list(drawn["series"].values()) == [([1, 2], [0.4, 0.7])]
+    assert evaluate.write_plot([{"checkpoint": "x.pt", "epoch": None}], str(tmp_path / "none.png")) is None
+
+
+def test_table_says_what_the_ceiling_was_measured_on_and_flags_a_mismatched_judge():
+    rows = [{"checkpoint": "a.pt", "epoch": 1, "weights": "generator_ema", "fid": 10.0, "kid": 0.01, "kid_std": 0.001,
+             "precision": 0.5, "recall": 0.25, "density": 0.75, "coverage": 0.5, "accuracy": 0.8,
+             "classifier_ceiling": 0.95, "ceiling_on": "embedded", "judge_mismatch": True}]
+    table = evaluate.format_table(rows)
+    assert "0.950 (embedded)" in table and "0.800 +" in table and "embedded images only" in table
+    assert all(word in table.splitlines()[0] for word in ("precision", "recall", "density", "coverage", "weights"))
+    assert evaluate.classifier_images({"trained_on": "1410 synthetic letters"}) == "embedded"
+    assert evaluate.classifier_images({"trained_on": "2400 images in x", "ceiling_on": "real"}) == "real"
+
+
+def write_letters_folder(root, per_class=6):
+    """A/B in the course's layout: <root>/10 and /11 (EMNIST-Balanced labels), files transposed as EMNIST's."""
+    from PIL import Image
+
+    for char, label in (("A", 10), ("B", 11)):
+        images, _ = synthetic.letters([char], per_class, image_size=28, seed=label)
+        os.makedirs(os.path.join(root, str(label)))
+        for i, image in enumerate(images[:, 0].transpose(1, 2).numpy()):
+            Image.fromarray(image).save(os.path.join(root, str(label), f"{i}.png"))
+    return root
+
+
+def test_letters_classifier_trains_on_a_real_folder_and_is_tested_on_one(tmp_path, capsys):
+    folder = write_letters_folder(str(tmp_path / "Train"))
+    images, labels, _ = evaluate.letters_folder(folder)
+    upright, _ = synthetic.letters(["A"], 6, image_size=28, seed=10)
+    assert images.shape[1:] == (1, 32, 32) and sorted(labels.unique().tolist()) == [10, 11]
+    assert torch.equal(images[0], common.to_uint8_images(upright[:1], 32, 1)[0])  # transposed file read back upright
+    path = str(tmp_path / "letters_real.pt")
+    result = evaluate.main(["--train-classifier", "letters", "--data-dir", str(tmp_path), "--epochs", "1",
+                            "--classifier", path, "--device", "cpu"])
+    assert result["ceiling_on"] == "real" and "real images" in result["trained_on"]
+    tested = evaluate.main(["--test-classifier", "letters", "--data-dir", folder, "--classifier", path,
+                            "--device", "cpu"])
+    assert tested["images"] == 12 and tested["classes"] == 2 and 0 <= tested["accuracy"] <= 1
+    assert 0.5 * tested["accuracy"] <= tested["accuracy_among_present_classes"]
+    assert "scores" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# Issue 17: bad inputs and outputs, each refused in one line before any sampling
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def no_sampling(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("sampled before checking the inputs")
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", fail)
+    monkeypatch.setattr(evaluate, "evaluate_folder", fail)
+
+
+def test_one_sample_is_refused_instead_of_hanging_in_sqrtm(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["x.pt", "--n-samples", "1"])
+    assert "FID needs a covariance" in capsys.readouterr().err
+    with pytest.raises(common.UserError, match="at least 2 images"):
+        evaluate.scores_against(torch.zeros(1, 4), {"features": np.zeros((4, 4)), "n": 4,
+                                                    "mu": np.zeros(4), "sigma": np.eye(4)})
+
+
+def test_outputs_and_the_stats_cache_are_checked_before_sampling(workspace, tmp_path, no_sampling):
+    path = tiny_checkpoint("dcgan_cifar", workspace)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "folder.csv").mkdir()
+    bad = {"--csv": str(tmp_path / "folder.csv"), "--plot": "/dev/null",
+           "--grid": str(tmp_path / "a_file" / "grid.png")}
+    for flag, value in bad.items():
+        with pytest.raises(common.UserError, match=flag):
+            evaluate.main([path, "--no-fid", flag, value])
+    with pytest.raises(common.UserError, match="--stats-cache .* is a file"):
+        evaluate.main([path, "--stats-cache", str(tmp_path / "a_file"), "--inception-weights", "missing.pth"])
+
+
+def test_unwritable_csv_says_so_without_checkpoint_advice(workspace, tmp_path):
+    path = tiny_checkpoint("dcgan_cifar", workspace)
+    (tmp_path / "a_file").write_text("x")
+    proc = run_script("evaluate.py", path, "--no-fid", "--csv", tmp_path / "a_file" / "table.csv", check=False)
+    assert_clean_error(proc, "--csv")
+    assert "last.pt" not in proc.stderr and "resume" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_statistics_weights_and_checkpoint_files(workspace, random_weights, tmp_path):
+    extractor = evaluate.load_inception(random_weights, "cpu", size=75)
+    np.savez(tmp_path / "small.npz", mu=np.zeros(10), sigma=np.eye(10))
+    with pytest.raises(common.UserError, match="shape"):
+        evaluate.load_stats_file(str(tmp_path / "small.npz"), extractor)
+    checkpoint = tiny_checkpoint("dcgan_cifar", workspace)
+    with pytest.raises(common.UserError, match="is a gan-scripts checkpoint"):
+        evaluate.load_inception(checkpoint, "cpu", size=75)
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(common.UserError, match="does not hold the FID Inception's weights"):
+        evaluate.load_inception(str(tmp_path / "other.pth"), "cpu", size=75)
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "picture.pt", format="PNG")
+    with pytest.raises(common.UserError, match="is a PNG image, not a checkpoint"):
+        evaluate.main([str(tmp_path / "picture.pt"), "--no-fid"])
+
+
+def test_reference_folder_reads_16_bit_pngs_and_survives_a_symlink_loop(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "real"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(folder / "deep.png")  # 16-bit grey: mid grey
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / "plain.png")
+    os.symlink(folder, folder / "loop")
+    images = evaluate.folder_images(str(folder))
+    assert images.shape == (2, 3, 8, 8)
+    assert images[0].float().mean().item() == pytest.approx(127.5, abs=1)  # not clipped to white
+    assert evaluate.reference_from_spec(f"folder:{folder}").load().shape == (2, 3, 8, 8)

@@ -1,4 +1,5 @@
-"""Object scenes (synthetic.py), the i-CLEVR loader and score, and cgan_objects.py end to end on tiny data."""
+"""Object scenes (synthetic.py), the i-CLEVR loader, the objects judge in evaluate.py (classifier and the lab's
+score), and cgan_objects.py end to end on tiny data."""
 
 import csv
 import json
@@ -10,16 +11,25 @@ import torch
 
 import cgan_objects
 import common
+import evaluate
 import synthetic
-from conftest import REPO, run_script
+from conftest import SHARED_DATA, run_script
 
-TINY = ["--image-size", "32", "--n-scenes", "128", "--batch-size", "32", "--ndf", "8", "--ngf", "8",
+TINY = ["--image-size", "32", "--n-images", "128", "--batch-size", "32", "--ndf", "8", "--ngf", "8",
         "--cond-dim", "8", "--log-every", "1", "--no-progress"]
 
 
 def read_csv(path):
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def loss_rows(folder):
+    return [r for r in read_csv(folder / "log.csv") if r["loss_d"]]
+
+
+def score_rows(folder):
+    return [r for r in read_csv(folder / "log.csv") if r.get("validation")]
 
 
 # ---------------------------------------------------------------------------
@@ -37,6 +47,7 @@ def test_scenes_are_deterministic_and_well_formed():
     assert counts.min() >= 1 and counts.max() <= 3 and len(counts.unique()) == 3
     assert synthetic.SCENE_OBJECTS[:2] == ["gray cube", "red cube"] and synthetic.SCENE_OBJECTS[8] == "gray sphere"
     assert synthetic.SCENE_OBJECTS[23] == "yellow cylinder"
+    assert cgan_objects.OBJECTS == synthetic.SCENE_OBJECTS  # the script's copy of the names, in the lab's order
 
 
 def test_pixel_at_each_object_centre_has_its_label_colour():
@@ -100,21 +111,21 @@ def test_course_lists_are_read(shared_data):
 
 
 # ---------------------------------------------------------------------------
-# The lab's score
+# The lab's score (evaluate.py's objects judge)
 # ---------------------------------------------------------------------------
 def test_iclevr_score_known_answers():
     conditions = torch.zeros(3, 24)
     conditions[0, [1]] = 1
     conditions[1, [2, 9]] = 1
     conditions[2, [3, 10, 20]] = 1
-    assert cgan_objects.iclevr_score(conditions * 0.9 + 0.05, conditions) == 1.0
-    assert cgan_objects.iclevr_score(1 - conditions, conditions) == 0.0
+    assert evaluate.iclevr_score(conditions * 0.9 + 0.05, conditions) == 1.0
+    assert evaluate.iclevr_score(1 - conditions, conditions) == 0.0
     partial = torch.zeros(3, 24)
     partial[0, 1] = 1  # 1 of 1
     partial[1, [2, 5]] = torch.tensor([0.9, 0.8])  # 1 of 2 (label 9 is not in the top 2)
     partial[2, [3, 4, 5]] = torch.tensor([0.9, 0.8, 0.7])  # 1 of 3
-    assert cgan_objects.iclevr_score(partial, conditions) == pytest.approx(3 / 6)
-    assert cgan_objects.iclevr_score(partial[2:], conditions[2:]) == pytest.approx(1 / 3)
+    assert evaluate.iclevr_score(partial, conditions) == pytest.approx(3 / 6)
+    assert evaluate.iclevr_score(partial[2:], conditions[2:]) == pytest.approx(1 / 3)
 
 
 def as_object_sets(conditions):
@@ -130,10 +141,21 @@ def test_validation_conditions_are_held_out_and_lab_shaped():
     assert torch.equal(validation, cgan_objects.validation_conditions(scored))  # the same every run
     chosen = as_object_sets(validation)
     assert len(set(chosen)) == 32 and not set(chosen) & set(as_object_sets(scored["test"]))
-    # the lists a run scores (the lab's when ../shared/data is there, else synthetic ones): none of them either
-    lists, _ = cgan_objects.find_condition_lists()
-    chosen = as_object_sets(cgan_objects.validation_conditions(lists))
-    assert not set(chosen) & {c for conditions in lists.values() for c in as_object_sets(conditions)}
+    # the lists a run scores (synthetic ones, and the lab's when ../shared/data is there): none of them either
+    lab = os.path.join(SHARED_DATA, "iclevr")
+    for test_dir in [None] + ([lab] if os.path.isfile(os.path.join(lab, "test.json")) else []):
+        lists, _ = cgan_objects.find_condition_lists(test_dir)
+        chosen = as_object_sets(cgan_objects.validation_conditions(lists))
+        assert not set(chosen) & {c for conditions in lists.values() for c in as_object_sets(conditions)}
+
+
+def test_lists_come_from_the_command_line_or_the_embedded_ones():
+    """The script points at nothing outside itself: without --test-dir (or --data iclevr with lists in --data-dir)
+    it scores the synthetic lists, even where ../shared/data/iclevr exists."""
+    lists, source = cgan_objects.find_condition_lists()
+    assert source.startswith("synthetic") and lists["test"].sum() == 72 and lists["new_test"].sum() == 84
+    _, source = cgan_objects.find_condition_lists(None, {"data": "synthetic", "data_dir": "data"})
+    assert source.startswith("synthetic")
 
 
 # ---------------------------------------------------------------------------
@@ -169,13 +191,20 @@ def write_lists(folder, test, new_test=(["red cube"],)):
     return folder
 
 
-def test_bad_condition_lists_fail_with_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:  # what `python cgan_objects.py ...` does, in this process
-        common.run_main(cgan_objects.main, ["--test-dir", str(write_lists(tmp_path / "a", [["red cube", "pink cube"]])),
-                                            *TINY, "--out", str(tmp_path / "run")])
+def one_error_line(argv, capsys):
+    """`python cgan_objects.py argv` in this process: the exit status and its single `error:` line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        common.run_main(cgan_objects.main, argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_condition_lists_fail_with_one_line(tmp_path, capsys):
+    err = one_error_line(["--test-dir", str(write_lists(tmp_path / "a", [["red cube", "pink cube"]])),
+                          *TINY, "--out", str(tmp_path / "run")], capsys)
     assert "unknown object name 'pink cube'" in err and "test.json entry 0" in err
     assert not (tmp_path / "run").exists()  # nothing written before the inputs are checked
     with pytest.raises(common.UserError, match="empty condition"):
@@ -187,14 +216,44 @@ def test_bad_condition_lists_fail_with_one_line(tmp_path, capsys):
         cgan_objects.find_condition_lists(str(tmp_path / "nowhere"))
 
 
+def iclevr_folder(folder, objects=None, train=None):
+    """A tiny i-CLEVR folder with objects.json and train.json as given (raw text, or JSON-encoded values)."""
+    folder.mkdir()
+    objects = objects if objects is not None else {name: i for i, name in enumerate(cgan_objects.OBJECTS)}
+    train = train if train is not None else {"a.png": ["red cube"]}
+    for name, value in (("objects.json", objects), ("train.json", train)):
+        data = value if isinstance(value, bytes) else json.dumps(value).encode()
+        (folder / name).write_bytes(data)
+    return str(folder)
+
+
+def test_bad_json_files_fail_with_one_line(tmp_path, capsys):
+    """A string index, a nested list as an object name, JSON nested beyond Python's recursion limit and Latin-1
+    text: one `error:` line each, never a traceback. A byte-order mark is fine."""
+    string_index = {name: str(i) for i, name in enumerate(cgan_objects.OBJECTS)}
+    cases = [("string_index", {"objects": string_index}, "whole numbers"),
+             ("nested_entry", {"train": {"a.png": [["red cube"]]}}, "unknown object name ['red cube']"),
+             ("deep", {"train": b"[" * 100_000 + b"]" * 100_000}, "cannot read"),
+             ("latin1", {"train": '{"a.png": ["red cube"], "b\u00e9.png": ["red cube"]}'.encode("latin-1")},
+              "cannot read")]
+    for name, files, needle in cases:
+        folder = iclevr_folder(tmp_path / name, **files)
+        err = one_error_line(["--data", "iclevr", "--data-dir", folder, *TINY, "--out", str(tmp_path / "run")], capsys)
+        assert needle in err, (name, err)
+    assert not (tmp_path / "run").exists()
+    bom = write_lists(tmp_path / "bom", [["red cube"]])
+    (bom / "test.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([["blue sphere"]]).encode())
+    assert cgan_objects.read_condition_lists(str(bom))["test"].sum() == 1
+
+
 # ---------------------------------------------------------------------------
 # End to end: every --d-cond and every --loss once, then the checkpoint scored again
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory):
     path = tmp_path_factory.mktemp("classifier") / "objects.pt"
-    result = cgan_objects.train_classifier(str(path), epochs=1, n_scenes=64, n_held_out=16, width=4,
-                                           batch_size=64, log=lambda *a: None)
+    result = evaluate.objects_train_classifier(str(path), epochs=1, n_scenes=64, n_held_out=16, width=4,
+                                               batch_size=64, log=lambda *a: None)
     assert set(result["held_out"]) == {"scenes at 64 px", "scenes at 32 px, upsampled"}
     return str(path)
 
@@ -213,34 +272,36 @@ def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
         run_script("cgan_objects.py", *argv)
     else:  # the same code in this process (saves the interpreter start)
         cgan_objects.main(argv)
-    for name in ("config.json", "last.pt", "best.pt", "log.csv", "scores.csv", "losses.png", "progress.gif",
-                 "samples/epoch_001.png", "samples/new_test_epoch_001.png"):
+    for name in ("config.json", "real.png", "last.pt", "best.pt", "log.csv", "losses.png", "scores.png",
+                 "progress.gif", "samples/epoch_001.png", "samples/new_test_epoch_001.png"):
         assert (out / name).exists(), name
-    assert [int(r["step"]) for r in read_csv(out / "log.csv")] == [1, 2, 3]
+    assert [int(r["step"]) for r in loss_rows(out)] == [1, 2, 3]
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["script"] == "cgan_objects" and checkpoint["step"] == 3 and checkpoint["finished"]
     assert checkpoint["args"]["d_cond"] == d_cond and checkpoint["args"]["loss"] == loss
     assert checkpoint["args"]["translate"] == (0.0 if "--translate" in extra else 0.125)
+    assert checkpoint["class_names"] == cgan_objects.OBJECTS and checkpoint["fixed_labels"].shape == (32, 24)
+    assert set(checkpoint["schedulers"]) == ({"generator", "discriminator"} if "--step-lr" in extra else set())
     # conditional BatchNorm in the generator (the default) or the condition only at its input (--g-cond concat)
     has_cbn = any(k.startswith("norms.0.scale") for k in checkpoint["generator"])
     assert has_cbn == ("concat" not in extra)
     has_aux_head = any(k.startswith("aux_classifier") for k in checkpoint["discriminator"])
     assert has_aux_head == ("--no-acgan" not in extra)
-    if "--ema" in extra:  # grids and scores come from the moving average; the trained weights are kept to resume
-        assert not torch.equal(checkpoint["generator"]["convs.0.weight"], checkpoint["generator_trained"]["convs.0.weight"])
+    if "--ema" in extra:  # `generator` holds the trained weights, `generator_ema` their moving average
+        assert not torch.equal(checkpoint["generator"]["convs.0.weight"], checkpoint["generator_ema"]["convs.0.weight"])
     else:
-        assert "generator_trained" not in checkpoint
-    scores = read_csv(out / "scores.csv")[-1]
-    assert 0.0 <= float(scores["test"]) <= 1.0
+        assert "generator_ema" not in checkpoint
+    scores = score_rows(out)[-1]
+    assert int(scores["step"]) == 3 and 0.0 <= float(scores["test"]) <= 1.0
     # best.pt is picked on the held-out validation conditions, not on the lists it is scored on
-    best = torch.load(out / "best.pt", weights_only=True)["history"]["best"]
-    assert best["score"] == pytest.approx(float(scores["validation"]), abs=1e-6)
-    assert best["test"] == pytest.approx(float(scores["test"]), abs=1e-6)
+    best = torch.load(out / "best.pt", weights_only=True)["history"]["scores"]
+    assert best["validation"][-1] == pytest.approx(float(scores["validation"]), abs=1e-6)
+    assert best["test"][-1] == pytest.approx(float(scores["test"]), abs=1e-6)
     if d_cond == "projection" and loss == "hinge":
         # the checkpoint, scored again from outside, gives the numbers the run logged
         generator = cgan_objects.build_generator(checkpoint["args"])
         generator.load_state_dict(checkpoint["generator"])
-        again = cgan_objects.score_generator(generator, checkpoint["args"], tiny_classifier)
+        again = evaluate.objects_score_generator(cgan_objects, generator, checkpoint["args"], tiny_classifier)
         assert again["test"] == pytest.approx(float(scores["test"]), abs=1e-5)
         assert again["new_test_mean"] == pytest.approx(float(scores["new_test_mean"]), abs=1e-5)
         assert "lists" in again and again["repeats"] == 10
@@ -248,31 +309,49 @@ def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
         assert again["classifier_ceiling"] == held_out["scenes at 32 px, upsampled"]
 
 
-def test_resume_of_a_run_whose_best_was_picked_on_the_scored_lists(tmp_path, tiny_classifier):
-    """Runs saved before best.pt was picked on the validation conditions: the old pick is dropped, not compared."""
+def test_resume_keeps_the_run_settings_and_picks_best_over_the_whole_run(tmp_path, tiny_classifier, capsys):
+    """A resumed run keeps its --step-lr and --ema without being told (a scheduler missing from the checkpoint is
+    fine); typing another value is one clear line; best.pt is the best validation score of all epochs."""
     out = tmp_path / "run"
     argv = ["--classifier", tiny_classifier, "--out", str(out), *TINY]
-    cgan_objects.main([*argv, "--epochs", "1"])
+    cgan_objects.main([*argv, "--epochs", "1", "--step-lr", "1", "--ema", "0.9"])
     checkpoint = torch.load(out / "last.pt", weights_only=True)
-    checkpoint["history"]["best"] = {"score": 2.0, "epoch": 1, "step": 4}  # the old record: no test/new_test
+    del checkpoint["schedulers"]  # e.g. a checkpoint written before --step-lr had state to keep
     common.save_checkpoint(str(out / "last.pt"), checkpoint)
+    err = one_error_line([*argv, "--epochs", "2", "--resume", "auto", "--ema", "0.5"], capsys)
+    assert "--ema 0.5 differs from 0.9" in err
     cgan_objects.main([*argv, "--epochs", "2", "--resume", "auto"])
-    best = torch.load(out / "best.pt", weights_only=True)["history"]["best"]
-    validation = float(read_csv(out / "scores.csv")[-1]["validation"])
-    assert best["epoch"] == 2 and best["score"] == pytest.approx(validation, abs=1e-6)
+    resumed = torch.load(out / "last.pt", weights_only=True)
+    assert resumed["step"] == 8 and resumed["args"]["step_lr"] == 1 and resumed["args"]["ema"] == 0.9
+    assert "generator_ema" in resumed and set(resumed["schedulers"]) == {"generator", "discriminator"}
+    validation = [float(r["validation"]) for r in score_rows(out)]
+    assert len(validation) == 2
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 + validation.index(max(validation))
+    cgan_objects.main([*argv, "--epochs", "2", "--resume", "auto"])  # finished: says so, trains nothing
+    assert "this run is finished" in capsys.readouterr().err
 
 
 def test_evaluate_py_scores_a_checkpoint(tmp_path, tiny_classifier):
-    if not os.path.exists(os.path.join(REPO, "evaluate.py")):
-        pytest.skip("evaluate.py is not there yet")
     out = tmp_path / "run"
     cgan_objects.main(["--epochs", "1", "--max-steps", "2", "--classifier", tiny_classifier, "--out", str(out), *TINY])
-    logged = read_csv(out / "scores.csv")[-1]
-    import evaluate
-
+    logged = score_rows(out)[-1]
     rows = evaluate.main([str(out / "last.pt"), "--classifier", tiny_classifier, "--no-fid", "--n-samples", "32"])
     assert rows[0]["test"] == pytest.approx(float(logged["test"]), abs=1e-5)
     assert rows[0]["new_test"] == pytest.approx(float(logged["new_test"]), abs=1e-5)
+
+
+def test_evaluate_py_trains_the_objects_classifier(tmp_path, monkeypatch):
+    """`python evaluate.py --train-classifier objects` runs the moved code (on fewer scenes here)."""
+    tiny_data = evaluate.objects_training_data
+    monkeypatch.setattr(evaluate, "objects_training_data",
+                        lambda data_dir, seed, n_scenes, n_held_out=2000: tiny_data(data_dir, seed, 64, 8))
+    path = tmp_path / "objects.pt"
+    result = evaluate.main(["--train-classifier", "objects", "--classifier", str(path), "--epochs", "1",
+                            "--device", "cpu"])
+    assert result["path"] == str(path) and set(result["held_out"]) == {"scenes at 64 px", "scenes at 32 px, upsampled"}
+    model = evaluate.objects_load_classifier(str(path), torch.device("cpu"))
+    assert isinstance(model, evaluate.ObjectClassifier) and model.held_out == result["held_out"]
 
 
 def test_classifier_reads_the_course_resnet_checkpoint(tmp_path):
@@ -282,21 +361,25 @@ def test_classifier_reads_the_course_resnet_checkpoint(tmp_path):
     resnet = torchvision.models.resnet18(num_classes=24)
     state = {k.replace("fc.", "fc.0."): v for k, v in resnet.state_dict().items()}
     torch.save({"model": state}, tmp_path / "checkpoint.pth")
-    loaded = cgan_objects.load_classifier(str(tmp_path / "checkpoint.pth"), torch.device("cpu"))
+    loaded = evaluate.objects_load_classifier(str(tmp_path / "checkpoint.pth"), torch.device("cpu"))
     images = torch.rand(2, 3, 32, 32) * 2 - 1
-    assert torch.allclose(cgan_objects.classify(loaded, images),
-                          resnet.eval()(cgan_objects.to_classifier_input(images)), atol=1e-5)
+    assert torch.allclose(evaluate.objects_classify(loaded, images),
+                          resnet.eval()(evaluate.objects_to_classifier_input(images)), atol=1e-5)
     torch.save({"weights": 1}, tmp_path / "other.pth")
     with pytest.raises(common.UserError, match="not an object classifier"):
-        cgan_objects.load_classifier(str(tmp_path / "other.pth"), torch.device("cpu"))
+        evaluate.objects_load_classifier(str(tmp_path / "other.pth"), torch.device("cpu"))
 
 
 def test_generate_draws_the_requested_objects_grid(tmp_path, tiny_classifier):
     out = tmp_path / "run"
     cgan_objects.main(["--epochs", "1", "--max-steps", "1", "--classifier", tiny_classifier, "--out", str(out), *TINY])
     grid = tmp_path / "grid.png"
-    cgan_objects.main(["--generate", "--checkpoint", str(out / "last.pt"), "--objects", "red cube", "blue sphere",
-                       "--grid-out", str(grid)])
-    assert grid.exists()
+    cgan_objects.main(["--generate", "4", "--checkpoint", str(out / "last.pt"), "--objects", "red cube", "blue sphere",
+                       "--grid-out", str(grid), "--png-dir", str(tmp_path / "pngs"), "--interpolate"])
+    for name in ("grid.png", "grid_interpolation.png", "grid_condition_interpolation.png"):
+        assert (tmp_path / name).exists(), name
+    assert sorted(os.listdir(tmp_path / "pngs")) == [f"{i:06d}.png" for i in range(4)]
+    cgan_objects.main(["--generate", "3", "--checkpoint", str(out / "last.pt"), "--grid-out", str(tmp_path / "any.png")])
+    assert (tmp_path / "any.png").exists()  # without --objects: a random object set per picture
     with pytest.raises(common.UserError, match="unknown object name 'a b c d'"):
-        cgan_objects.main(["--generate", "--checkpoint", str(out / "last.pt"), "--objects", "a b c d"])
+        cgan_objects.main(["--generate", "2", "--checkpoint", str(out / "last.pt"), "--objects", "a b c d"])

@@ -42,13 +42,14 @@ def test_shapes_dtype_range(image_size):
 
 def test_characters_are_distinguishable():
     # Pixel-space nearest centroid is a weak classifier: real EMNIST A vs B scores ~92% with it
-    # (2,400 course images each), so ten classes get a lower bar than two.
+    # (2,400 course images each), ours ~87% (slant and hand-drawn forms vary more than the fonts did),
+    # so ten classes get a lower bar than two.
     ten, centroids = nearest_centroid_accuracy("ABDEHKLMNT")
     assert ten >= 0.7, ten  # chance is 0.1
     pairwise = torch.cdist(centroids, centroids) + torch.eye(len(centroids)) * 1e9
     assert pairwise.min() > 0.1 * centroids.norm(dim=1).mean()  # every mean image differs from every other
     two, _ = nearest_centroid_accuracy("AB")
-    assert two >= 0.9, two
+    assert two >= 0.8, two
 
 
 @pytest.mark.parametrize("chars", ["A!", "Aé", ["A", "BC"], "AA", ""])
@@ -108,3 +109,48 @@ def test_similar_to_real_emnist_a_b(shared_data):
     real_labels = torch.tensor([0] * len(real[0]) + [1] * len(real[1]))
     accuracy = (torch.cdist(real_images, centroids).argmin(1) == real_labels).float().mean().item()
     assert accuracy >= 0.8, accuracy
+
+
+def ink_box(images, threshold=77):
+    """(height, width, centre row, centre column) of each image's ink bounding box, in px."""
+    rows, cols = (images[:, 0] > threshold).any(2), (images[:, 0] > threshold).any(1)
+    index = torch.arange(images.shape[-1])
+    top, bottom = torch.where(rows, index, 999).amin(1), torch.where(rows, index, -1).amax(1)
+    left, right = torch.where(cols, index, 999).amin(1), torch.where(cols, index, -1).amax(1)
+    return bottom - top + 1, right - left + 1, (top + bottom) / 2, (left + right) / 2
+
+
+@pytest.mark.parametrize("image_size", [28, 32])
+def test_emnist_framing(image_size):
+    # EMNIST centres each letter's bounding box and scales its longer side to the box less a 2-px border
+    # (24 of 28 px); real A/B measure 27.0 +- 1.3 px at 32 px. Unframed, the old letters spread 26.7 +- 2.5.
+    images, _ = synthetic.letters("AgW1", 50, image_size, seed=2)
+    height, width, row, col = ink_box(images)
+    longer = torch.maximum(height, width).float()
+    target = image_size * 24 / 28
+    assert (longer - target).abs().max() <= 2.5, (longer.min(), longer.max(), target)
+    middle = (image_size - 1) / 2
+    assert (row - middle).abs().max() <= 1.5 and (col - middle).abs().max() <= 1.5
+    assert (height < longer).any() and (width < longer).any()  # aspect ratio kept: not stretched to a square
+
+
+def test_ink_looks_like_emnist():
+    # Real EMNIST A/B at 32 px: 21% of pixels inked (> 127), 73% of inked pixels on a soft edge (blurred pen).
+    images, _ = synthetic.letters("AB", 200, 32, seed=4)
+    x = images.float() / 255
+    assert 0.14 < (x > 0.5).float().mean() < 0.30
+    soft = ((x > 0.1) & (x < 0.9)).float().sum() / (x > 0.1).float().sum()
+    assert 0.55 < soft < 0.85, soft  # neither a hard font outline nor a smudge
+    assert (x.amax((1, 2, 3)) > 0.95).all()  # every letter's brightest pixel is white: EMNIST stretches to 0-255
+
+
+def test_hand_drawn_forms_for_every_class():
+    # Hand-drawn forms for a few characters only teach "hand-drawn = those characters" (real B's read as R or 8).
+    assert set(synthetic.EMNIST_BALANCED) <= set(synthetic.HAND_FORMS)
+    for char, forms in synthetic.HAND_FORMS.items():
+        for form in forms:
+            points = np.concatenate([np.asarray(stroke, dtype=float) for stroke in form])
+            assert points.shape[1] == 2 and (points > -0.1).all() and (points < 1.1).all(), char  # the unit box
+    lines = synthetic._hand_lines("R")
+    assert lines.shape == (len(synthetic.HAND_FORMS["R"]) * synthetic.HAND_VARIANTS, synthetic.GLYPH_CANVAS,
+                           synthetic.GLYPH_CANVAS) and lines.any((1, 2)).all()

@@ -420,9 +420,7 @@ def train(args):
     fixed_noise = torch.randn(args.grid_columns, args.nz, 1, 1, generator=torch.Generator().manual_seed(args.seed))
     fixed_noise = fixed_noise.repeat(args.num_classes, 1, 1, 1).to(device)
     fixed_labels = torch.arange(args.num_classes).repeat_interleave(args.grid_columns).to(device)
-    saved = dict(networks)
-    if ema_generator is not None:
-        saved["generator_ema"] = ema_generator
+    saved = {**networks, **({"generator_ema": ema_generator} if ema_generator is not None else {})}  # checkpointed
     step = 0
     if checkpoint is not None:
         common.restore_training_state(checkpoint, resume_path, saved, optimizers)
@@ -530,12 +528,9 @@ def generate(args):
     labels = torch.arange(args.generate) % count  # column c of the grid: class c
     images = sample(generator, noise.to(device), labels.to(device))
     common.save_grid(images, grid_path, nrow=min(count, args.generate), captions=[names[i] for i in labels])
-    written = [grid_path]
-    if args.png_dir:
-        written.append(common.save_pngs(images, args.png_dir))
+    written = [grid_path] + ([common.save_pngs(images, args.png_dir)] if args.png_dir else [])
     if args.interpolate:
-        # 8 rows, each a walk through the latent space between two random points, with row r's class fixed.
-        rows = torch.arange(8) % count
+        rows = torch.arange(8) % count  # 8 latent walks between two random points, each in one class
         sheet = sample(generator, common.interpolation_noise(8, 10, settings["nz"], args.seed).to(device),
                        rows.repeat_interleave(10).to(device))
         written.append(common.save_grid(sheet, grid_path[:-len(".png")] + "_interpolation.png", nrow=10,

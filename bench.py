@@ -17,7 +17,7 @@ Run:
     python bench.py --device cuda --image-size 64 --batch-size 128 --baseline --amp --compile
     python bench.py --scripts dcgan_cifar wgan_gp_cifar --steps 50
     python bench.py --cpu-checks --device cpu                  # every script: NCHW vs channels_last, fp32 vs bf16
-    python bench.py --threads 1 --repeats 3 --baseline         # a machine shared with other jobs: see README
+    python bench.py --threads 1 --repeats 3 --baseline         # a machine shared with other jobs: docs/performance.md
     python bench.py --extraction --threads 2 --repeats 3       # evaluate.py's Inception: before vs now (vs --amp)
 
 The images are random uint8 pixels of each script's shape (1 channel for the letters, 3 otherwise) with

@@ -323,9 +323,7 @@ def train(args):
     fixed_noise = torch.randn(SAMPLES_PER_ROW, args.nz, 1, 1, generator=torch.Generator().manual_seed(args.seed))
     fixed_noise = fixed_noise.repeat(num_classes, 1, 1, 1).to(device)
     fixed_labels = torch.arange(num_classes, device=device).repeat_interleave(SAMPLES_PER_ROW)
-    saved = dict(networks)
-    if ema_generator is not None:
-        saved["generator_ema"] = ema_generator
+    saved = {**networks, **({"generator_ema": ema_generator} if ema_generator is not None else {})}  # checkpointed
     step = 0
     if checkpoint is not None:
         common.restore_training_state(checkpoint, resume_path, saved, optimizers)
@@ -413,18 +411,15 @@ def generate(args):
         os.path.dirname(os.path.abspath(args.checkpoint)), "generated.png"), "--grid-out")
     device = common.pick_device(args.device)
     checkpoint = common.load_checkpoint(args.checkpoint, SCRIPT, map_location=device)
-    settings = checkpoint["args"]
-    chars, nz = settings["chars"], settings["nz"]
-    generator = common.rebuild(build_generator, settings, args.checkpoint).to(device)
+    chars, nz = checkpoint["args"]["chars"], checkpoint["args"]["nz"]
+    generator = common.rebuild(build_generator, checkpoint["args"], args.checkpoint).to(device)
     common.load_weights(generator, checkpoint.get("generator_ema", checkpoint["generator"]), args.checkpoint)
     # The same N noise vectors in every row, so a column shows one "handwriting" as every letter.
     noise = torch.randn(args.generate, nz, 1, 1, generator=torch.Generator().manual_seed(args.seed))
     labels = torch.arange(len(chars)).repeat_interleave(args.generate)
     images = sample(generator, noise.repeat(len(chars), 1, 1, 1).to(device), labels)
     common.save_grid(images, grid_path, nrow=args.generate, row_labels=chars)
-    written = [grid_path]
-    if args.png_dir:
-        written.append(common.save_pngs(images, args.png_dir))
+    written = [grid_path] + ([common.save_pngs(images, args.png_dir)] if args.png_dir else [])
     if args.interpolate:  # 8 rows, each a walk through the latent space between two random points, as class i % K
         rows = torch.arange(8) % len(chars)
         sheet = sample(generator, common.interpolation_noise(8, 10, nz, args.seed).to(device), rows.repeat_interleave(10))

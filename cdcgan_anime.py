@@ -8,7 +8,7 @@ a conditional DCGAN by hair and eye colour with small tag embeddings, WGAN-GP la
 "training tips" ablations).
 
 Run (offline: procedural cartoon faces from synthetic.py):
-    python cdcgan_anime.py --image-size 32            # the CPU benchmark setting (README)
+    python cdcgan_anime.py --image-size 32            # the CPU setting (docs/cdcgan_anime.md)
     python cdcgan_anime.py --data anime --data-dir data/mlds_anime --tags-file testing_tags.txt   # MLDS data
     python cdcgan_anime.py --show "blue hair blue eyes" "green hair red eyes"                      # grid rows
     python cdcgan_anime.py --loss wgan-gp --lambda 1                                               # lambda 1 vs 10
@@ -263,7 +263,7 @@ def find_anime_layout(data_dir):
         return os.path.join(data_dir, "faces"), os.path.join(data_dir, "tags_clean.csv"), "faces"
     raise common.UserError(
         f"no anime faces in {data_dir}: expected extra_data/ (images/<id>.jpg + tags.csv) or faces/<id>.jpg + "
-        f"tags_clean.csv (MLDS 2018 homework 3 data; see README), or use --data synthetic")
+        f"tags_clean.csv (MLDS 2018 homework 3 data; see docs/cdcgan_anime.md), or use --data synthetic")
 
 
 def load_anime(data_dir, image_size, verbose=True):
@@ -592,9 +592,7 @@ def train(args):
     ema_generator = copy.deepcopy(generator).requires_grad_(False) if args.ema > 0 else None
     fixed_noise, grid_labels, row_names = grid_inputs(args.show, args.nz, GRID_COLUMNS, args.seed, conditional)
     fixed_noise, grid_labels = fixed_noise.to(device), None if grid_labels is None else grid_labels.to(device)
-    saved = dict(networks)
-    if ema_generator is not None:
-        saved["generator_ema"] = ema_generator
+    saved = {**networks, **({"generator_ema": ema_generator} if ema_generator is not None else {})}  # checkpointed
     step = 0
     if checkpoint is not None:
         common.restore_training_state(checkpoint, resume_path, saved, optimizers)
@@ -705,9 +703,7 @@ def generate(args):
     noise, labels, row_names = grid_inputs(args.show, settings["nz"], args.generate, args.seed, conditional)
     images = sample(generator, noise.to(device), None if labels is None else labels.to(device))
     common.save_grid(images, grid_path, nrow=args.generate, row_labels=row_names)
-    written = [grid_path]
-    if args.png_dir:
-        written.append(common.save_pngs(images, args.png_dir))
+    written = [grid_path] + ([common.save_pngs(images, args.png_dir)] if args.png_dir else [])
     if sheet_labels is not None:
         written.append(write_tag_sheet(generator, sheet_labels.to(device), sheet_path, args.seed))
     if args.interpolate:  # 8 rows, each a walk through the latent space between two random points

@@ -14,7 +14,7 @@ best.pt is picked on 32 held-out validation conditions, not on the lists it is s
 Run (offline: procedural scenes from synthetic.py):
     python evaluate.py --train-classifier objects     # once: the object classifier that scores samples
     python cgan_objects.py --image-size 32            # our defaults at the CPU size
-    # the 30-minute CPU benchmark (README: >= 0.90 on both lists):
+    # the 30-minute CPU run of docs/cgan_objects.md (>= 0.90 on both lists):
     python cgan_objects.py --image-size 32 --ngf 32 --ndf 32 --amp --n-images 60000 --aux-weight 2 --max-minutes 30 --epochs 200
     python cgan_objects.py                            # 64x64, as the lab asks (GPU)
     python cgan_objects.py --data iclevr --data-dir data/iclevr --classifier checkpoint.pth   # the lab's data
@@ -640,9 +640,7 @@ def train(args):
     schedulers = {name: torch.optim.lr_scheduler.StepLR(opt, args.step_lr, args.gamma)
                   for name, opt in optimizers.items()} if args.step_lr else {}
     fixed_noise = scoring_noise(args.nz, 1, args.seed)[0].to(device)  # the grids show the first scored draw
-    saved = dict(networks)
-    if ema_generator is not None:
-        saved["generator_ema"] = ema_generator
+    saved = {**networks, **({"generator_ema": ema_generator} if ema_generator is not None else {})}  # checkpointed
     step = 0
     if checkpoint is not None:
         in_checkpoint = checkpoint.get("schedulers") or {}
@@ -767,9 +765,7 @@ def generate(args):
     conditions = random_conditions(args.generate, rng) if wanted is None else wanted.expand(args.generate, -1)
     images = sample(generator, torch.randn(args.generate, settings["nz"], generator=rng).to(device), conditions)
     common.save_grid(images, grid_path, nrow=min(8, args.generate), captions=[describe(c) for c in conditions])
-    written = [grid_path]
-    if args.png_dir:
-        written.append(common.save_pngs(images, args.png_dir))
+    written = [grid_path] + ([common.save_pngs(images, args.png_dir)] if args.png_dir else [])
     if args.interpolate:  # 8 rows of 10 steps; the rows' conditions are the grid's first ones
         starts = conditions[torch.arange(8) % args.generate]
         noise = common.interpolation_noise(8, 10, settings["nz"], args.seed)  # a latent walk, condition fixed

@@ -1,10 +1,10 @@
-"""Small, stable helpers shared by the gan-scripts training scripts.
+"""Plumbing shared by the gan-scripts training scripts: no flags, no training policy.
 
-Everything a single script would otherwise repeat about *plumbing* lives here:
-device/seed/DDP setup, the GPU-resident batch loader, the run folder (config.json,
-log.csv, TensorBoard), atomic checkpoints and exact resume, image grids, GIFs,
-loss plots, the progress bar, interruption handling and a training-health
-monitor. Models, losses and training loops stay in the scripts themselves.
+Device, seed and DDP setup; the device-resident batch loader; reading image files safely; the run folder (one
+run per folder, config.json, an atomic log.csv with whatever train_step returns, TensorBoard); atomic checkpoints,
+safe loading and exact resume (settings and random states); sample grids, GIFs and plots; interruption handling
+and a training-health monitor. Models, losses, data specific to a script and the training loop stay in the
+scripts themselves, where a reader finds them top to bottom.
 """
 
 import argparse
@@ -271,7 +271,7 @@ def replica_divergence(model, dist):
 
 def uses_channels_last(device):
     """NHWC weights and batches on CUDA (cuDNN) and on the CPU (oneDNN): measured faster for every script on
-    both (bench.py --cpu-checks, README "Performance"); not on MPS."""
+    both (bench.py --cpu-checks, docs/performance.md); not on MPS."""
     return torch.device(device).type in ("cuda", "cpu")
 
 

@@ -914,7 +914,16 @@ def classifier_images(checkpoint):
 
 
 def cifar10_training_data(data_dir, seed):
+    """The 50,000 training images and the 10,000 test images (held out): the official python batches in data_dir,
+    or image folders data_dir/train/<class>/ and data_dir/test/<class>/ (e.g. a JPEG copy of CIFAR-10)."""
     cifar = import_script("dcgan_cifar")
+    if os.path.isdir(os.path.join(data_dir, "train")) and os.path.isdir(os.path.join(data_dir, "test")):
+        images, labels, names = cifar.load_image_folder(os.path.join(data_dir, "train"), 32)
+        held, held_labels, held_names = cifar.load_image_folder(os.path.join(data_dir, "test"), 32)
+        if names != list(cifar.CIFAR10_CLASSES) or held_names != names:
+            raise common.UserError(f"{data_dir}/train and /test must hold the ten CIFAR-10 class folders "
+                                   f"({', '.join(cifar.CIFAR10_CLASSES)})")
+        return images, labels, held, held_labels, f"CIFAR-10 training images in {data_dir}/train"
     images, labels = cifar.load_cifar10(data_dir)
     test_path = os.path.join(data_dir, cifar.CIFAR10_FOLDER, "test_batch")
     if not os.path.isfile(test_path):

@@ -16,7 +16,6 @@ Command line (writes the same on-disk formats as the real datasets, for testing 
 import argparse
 import math
 import os
-import sys
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 # Handwriting-like characters for the EMNIST scripts. Each font glyph is thinned to its centre line
 # once (cached), and every EMNIST-Balanced class also has hand-drawn stroke forms (most images use them);
-# every image then redraws a centre line with a round pen of random, slowly varying width after a random
+# every image then redraws a centre line with a round pen of random width after a random
 # affine map and a smooth elastic warp, so all fonts end up with pen-like strokes. Then EMNIST's own
 # preparation: a Gaussian blur, the ink's bounding box centred and scaled to fill the image less a 2/28
 # border, intensities stretched to 0-255. All per-image work is a few
@@ -261,12 +260,16 @@ def _hand_lines(char):
         for _ in range(HAND_VARIANTS):
             canvas = np.zeros((GLYPH_CANVAS, GLYPH_CANVAS), dtype=bool)
             shift = rng.normal(0, 0.05, (len(form), 2))  # each stroke moved a little against the others
-            for stroke, offset in zip(form, shift):
-                points = np.asarray(stroke, dtype=np.float64) + offset + rng.normal(0, 0.025, (len(stroke), 2))
+            strokes = [np.asarray(stroke, dtype=np.float64) + offset + rng.normal(0, 0.025, (len(stroke), 2))
+                       for stroke, offset in zip(form, shift)]
+            # centred, the longer side GLYPH_SIDE as the fonts: no line reaches the canvas edge, where the
+            # distance map's border padding would smear it outwards
+            low, high = np.min([s.min(0) for s in strokes], 0), np.max([s.max(0) for s in strokes], 0)
+            for points in strokes:
+                points = (points - (low + high) / 2) / (high - low).max() * GLYPH_SIDE + GLYPH_CANVAS / 2
                 for a, b in zip(points[:-1], points[1:]):
                     t = np.linspace(0, 1, 64)[:, None]
-                    xy = (a + (b - a) * t - 0.5) * GLYPH_SIDE + GLYPH_CANVAS / 2
-                    x, y = np.clip(np.round(xy).astype(int), 0, GLYPH_CANVAS - 1).T
+                    x, y = np.clip(np.round(a + (b - a) * t).astype(int), 0, GLYPH_CANVAS - 1).T
                     canvas[y, x] = True
             lines.append(canvas)
     return np.stack(lines) if lines else np.zeros((0, GLYPH_CANVAS, GLYPH_CANVAS), dtype=bool)
@@ -367,7 +370,6 @@ def letters(chars, n_per_char, image_size=32, seed=0):
     warp = uniform(0.04, 0.13, n, 1, 1, 1)   # elastic displacement, fraction of the half-width
     field = torch.randn(n, 2, 4, 4, generator=generator)  # coarse random displacements, smooth once upsampled
     wobble = 0.03 * torch.randn(n, 2, 8, 8, generator=generator)  # finer ones: a hand's unsteady line
-    pressure = torch.exp(0.25 * torch.randn(n, 1, 5, 5, generator=generator))  # pen width varying along the strokes
 
     # Forward map glyph -> image: rotate(slant(stretch(p))); grid_sample needs the inverse.
     cos, sin = torch.cos(rotation), torch.sin(rotation)
@@ -395,8 +397,7 @@ def letters(chars, n_per_char, image_size=32, seed=0):
         # then ink every point within the pen radius of the line, with a one-pixel soft edge.
         distance = F.grid_sample(distances[glyph[part]], grid.permute(0, 2, 3, 1), mode="bilinear",
                                  padding_mode="border", align_corners=True)
-        radius = pen[part] * F.interpolate(pressure[part], size=(work, work), mode="bilinear", align_corners=True)
-        ink = distance.mul_(-ink_scale).add_(radius * ink_scale + 0.5).clamp_(0, 1)
+        ink = distance.mul_(-ink_scale).add_(pen[part] * ink_scale + 0.5).clamp_(0, 1)
         ink = _emnist_frame(_gaussian_blur(ink, 2 * blur[part]))
         images[part] = F.avg_pool2d(ink, 2).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
     return images, labels

@@ -67,7 +67,8 @@ def tiny(script, out, *extra):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_second_run_on_the_same_folder_is_refused(script, tmp_path, capsys, fast_images):
     folder = run_dir(script, tmp_path)
-    lock = common.claim_run_folder(folder)  # another process holds the folder (an flock is per open file)
+    os.makedirs(folder, exist_ok=True)  # made by the other run, which holds it (an flock is per open file: this is another one)
+    lock = common.claim_run_folder(folder)
     try:
         status, err = cli(script, tiny(script, tmp_path, "--max-steps", 1), capsys)
         assert_one_error_line(status, err, "another run is using")

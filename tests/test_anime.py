@@ -75,6 +75,57 @@ def test_writer_and_real_loader_both_formats(tmp_path):
         assert (h, e) == (hair[int(image_id)].item(), eyes[int(image_id)].item()) == tuple(label)
 
 
+class ColourCodeJudge(torch.nn.Module):
+    """Reads the tags a stub generator wrote into the pixels; gets the eyes wrong on every green-haired face."""
+
+    def __init__(self):
+        super().__init__()
+        self.hair_head, self.eye_head = torch.nn.Linear(1, 12), torch.nn.Linear(1, 11)
+
+    def forward(self, images):
+        hair, eyes = images[:, 0, 0, 0].round().long(), images[:, 1, 0, 0].round().long()
+        eyes = torch.where(hair == cdcgan_anime.HAIR_COLOURS.index("green"), (eyes + 1) % 11, eyes)
+        return torch.nn.functional.one_hot(hair, 12).float(), torch.nn.functional.one_hot(eyes, 11).float()
+
+
+def test_faces_score_per_pair_and_the_judge_tables_of_real_tags(tmp_path, monkeypatch):
+    def stub_generator(noise, labels):  # paints its tags: a perfect conditional generator
+        return labels.float().view(-1, 2, 1, 1).expand(-1, 2, 4, 4)
+
+    scores, per_pair = evaluate.faces_score(stub_generator, (3,), ColourCodeJudge(), "cpu", n_per_pair=2,
+                                            per_pair=True)
+    green = cdcgan_anime.HAIR_COLOURS.index("green")
+    expected = torch.tensor([0.0 if hair == green else 1.0 for hair in range(12) for _ in range(11)])
+    assert torch.equal(per_pair.float(), expected) and scores["both_acc"] == pytest.approx(11 / 12)
+    assert scores["hair_acc"] == 1.0
+
+    # a judge trained on real-format faces keeps per-pair tables: faces per pair, held-out right per pair
+    synthetic.write_faces(str(tmp_path / "mlds"), n=300, image_size=32, seed=3)
+    path = str(tmp_path / "faces.pt")
+    result = evaluate.faces_train_classifier(path, data_dir=str(tmp_path / "mlds"), epochs=1, verbose=False)
+    judge = torch.load(path, weights_only=True)
+    _, hair, eyes = synthetic.faces(300, 32, seed=3)
+    assert judge["pair_counts"] == torch.bincount(hair * 11 + eyes, minlength=132).tolist()
+    assert sum(judge["held_out_pair_counts"]) == result["n"] == 30
+    assert sum(judge["held_out_pair_right"]) == round(result["both_acc"] * 30)
+
+    # a checkpoint's row: the course's five pairs and the pairs with enough real faces, each beside its ceiling
+    monkeypatch.setattr(evaluate, "faces_load_classifier", lambda file, device: (ColourCodeJudge(), judge))
+    monkeypatch.setattr(evaluate, "FACES_COMMON_PAIR", 4)
+    loaded = type("Loaded", (), {"sample": staticmethod(stub_generator), "noise_shape": (3,), "module": cdcgan_anime,
+                                 "args": {}})()
+    row = evaluate.faces_checkpoint_scores(loaded, path, "cpu")
+    assert row["both_acc_report_pairs"] == pytest.approx(3 / 5)  # two of the five pairs have green hair
+    common_pairs = [i for i, n in enumerate(judge["pair_counts"]) if n >= 4]
+    assert row["both_acc_pairs_4"] == pytest.approx(expected[common_pairs].mean().item())
+    report = [h * 11 + e for h, e in map(cdcgan_anime.parse_tag_text, cdcgan_anime.REPORT_PAIRS)]
+    held = sum(judge["held_out_pair_counts"][i] for i in report)
+    assert row.get("ceiling_both_report_pairs") == (sum(judge["held_out_pair_right"][i] for i in report) / held
+                                                    if held else None)
+    assert row["ceiling_both"] == result["both_acc"]
+    assert row["faces_judged"] == 32 * 132 and "n" not in row  # "n" is the FID's sample count in a table row
+
+
 def test_tag_parsers_and_bad_lines(tmp_path):
     path = tmp_path / "tags.csv"
     path.write_text("0,aqua hair aqua eyes\n1,blonde hair red eyes\n")
@@ -252,3 +303,18 @@ def test_face_count_on_sheets(shared_data, tmp_path):
     row, = evaluate.main([checkpoint, "--no-fid", "--face-count", "--cascade", cascade, "--classifier",
                           str(tmp_path / "missing.pt"), "--device", "cpu", "--n-samples", "8", "--batch-size", "8"])
     assert 0 <= row["faces_found"] <= 25
+
+
+def test_face_count_draws_the_course_test_pairs(tmp_path, monkeypatch):
+    cdcgan_anime.main(["--image-size", "32", "--n-images", "16", "--batch-size", "8", "--max-steps", "1", "--ngf", "8",
+                       "--ndf", "8", "--out", str(tmp_path / "run"), "--no-progress"])
+    drawn = {}
+    real_sample = cdcgan_anime.sample
+    monkeypatch.setattr(cdcgan_anime, "sample", lambda g, noise, labels: drawn.setdefault("labels", labels.cpu())
+                        is not None and real_sample(g, noise, labels))
+    monkeypatch.setattr(evaluate, "faces_count", lambda images, cascade: drawn.update(images=images) or 7)
+    loaded = evaluate.LoadedCheckpoint(str(tmp_path / "run" / "last.pt"), torch.device("cpu"))
+    args = type("Args", (), {"seed": 0, "cascade": "unused.xml"})()
+    assert evaluate.face_count(loaded, args) == 7 and drawn["images"].shape == (25, 3, 32, 32)
+    names = [f"{cdcgan_anime.HAIR_COLOURS[h]} hair {cdcgan_anime.EYE_COLOURS[e]} eyes" for h, e in drawn["labels"].tolist()]
+    assert names == [pair for pair in cdcgan_anime.REPORT_PAIRS for _ in range(5)]  # testing_tags.txt, row by row

@@ -362,7 +362,20 @@ def test_many_checkpoints_table_csv_and_plot(workspace, random_weights, capsys):
         table = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in table] == [1, 2]
     assert float(table[0]["fid"]) == pytest.approx(rows[0]["fid"], rel=1e-5)
+    # the run's training clock, read from each checkpoint, for FID-against-minutes curves
+    minutes = [torch.load(path, weights_only=True)["elapsed_s"] / 60 for path in epochs]
+    assert [float(r["minutes"]) for r in table] == pytest.approx(minutes, rel=1e-4) and minutes[0] < minutes[1]
     assert (root / "fid.png").stat().st_size > 1000
+
+
+def test_acgan_on_a_folder_of_cifar10_class_folders_is_judged_by_class_name():
+    acgan = evaluate.import_script("acgan_cifar")
+    loaded = object.__new__(evaluate.LoadedCheckpoint)  # only what accuracy_targets reads
+    loaded.eval = dict(acgan.EVAL)
+    loaded.args = {"data": "folder", "class_names": ["cat", "ship"]}  # a folder with two of the ten classes
+    assert loaded.accuracy_targets(torch.tensor([0, 1, 1]), 3).tolist() == [3, 8, 8]
+    loaded.args = {"data": "folder", "class_names": ["apple", "pear"]}  # not CIFAR-10: no judge
+    assert loaded.accuracy_targets(torch.tensor([0, 1]), 2) is None
 
 
 def test_cifar10_classifier_trains_on_real_format_data(workspace):
@@ -465,6 +478,19 @@ def test_without_fid_the_plot_shows_accuracy_against_epoch(tmp_path, monkeypatch
     evaluate.write_plot(rows, str(tmp_path / "plot.png"))
     assert drawn["ylabel"] == "accuracy" and list(drawn["series"].values()) == [([1, 2], [0.4, 0.7])]
     assert evaluate.write_plot([{"checkpoint": "x.pt", "epoch": None}], str(tmp_path / "none.png")) is None
+
+
+def test_the_plot_is_against_training_minutes_when_every_checkpoint_has_them(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(common, "plot_curves", lambda series, path, **kw: drawn.update(series=series, **kw) or path)
+    rows = [{"checkpoint": f"{run}/epoch_00{e}.pt", "epoch": e, "minutes": m, "fid": f}
+            for run, e, m, f in (("a", 2, 20.0, 90.0), ("a", 1, 9.5, 120.0), ("b", 1, 30.0, 80.0))]
+    evaluate.write_plot(rows, str(tmp_path / "plot.png"))
+    assert drawn["xlabel"] == "training minutes" and drawn["ylabel"] == "FID"
+    assert sorted(drawn["series"].values()) == [([9.5, 20.0], [120.0, 90.0]), ([30.0], [80.0])]
+    del rows[0]["minutes"]  # one checkpoint without the clock: every curve falls back to epochs
+    evaluate.write_plot(rows, str(tmp_path / "plot.png"))
+    assert drawn["xlabel"] == "epoch" and ([1, 2], [120.0, 90.0]) in drawn["series"].values()
 
 
 def test_table_says_what_the_ceiling_was_measured_on_and_flags_a_mismatched_judge():

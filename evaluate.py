@@ -1788,13 +1788,15 @@ def faces_checkpoint_scores(loaded, classifier_file, device):
     counts = checkpoint.get("pair_counts")
     if isinstance(counts, list) and len(counts) == len(pair_both):  # a judge trained on real faces
         subsets[f"pairs_{FACES_COMMON_PAIR}"] = [i for i, n in enumerate(counts) if n >= FACES_COMMON_PAIR]
-    scores["ceiling_both"] = checkpoint["ceiling"]["both_acc"]
+    ceiling = checkpoint.get("ceiling")
+    if isinstance(ceiling, dict) and isinstance(ceiling.get("both_acc"), float):
+        scores["ceiling_both"] = ceiling["both_acc"]
     for name, pairs in subsets.items():
         if not pairs:
             continue
         scores[f"both_acc_{name}"] = pair_both[pairs].mean().item()
         held_counts, held_right = checkpoint.get("held_out_pair_counts"), checkpoint.get("held_out_pair_right")
-        if isinstance(held_counts, list) and len(held_counts) == len(pair_both):
+        if all(isinstance(t, list) and len(t) == len(pair_both) for t in (held_counts, held_right)):
             held = sum(held_counts[i] for i in pairs)
             if held:  # the judge's own both-right on held-out real faces of these pairs
                 scores[f"ceiling_both_{name}"] = sum(held_right[i] for i in pairs) / held

@@ -420,7 +420,9 @@ def train(args):
     fixed_noise = torch.randn(args.grid_columns, args.nz, 1, 1, generator=torch.Generator().manual_seed(args.seed))
     fixed_noise = fixed_noise.repeat(args.num_classes, 1, 1, 1).to(device)
     fixed_labels = torch.arange(args.num_classes).repeat_interleave(args.grid_columns).to(device)
-    saved = {**networks, **({"generator_ema": ema_generator} if ema_generator is not None else {})}  # checkpointed
+    saved = dict(networks)  # what a checkpoint holds
+    if ema_generator is not None:
+        saved["generator_ema"] = ema_generator
     step = 0
     if checkpoint is not None:
         common.restore_training_state(checkpoint, resume_path, saved, optimizers)
@@ -528,7 +530,9 @@ def generate(args):
     labels = torch.arange(args.generate) % count  # column c of the grid: class c
     images = sample(generator, noise.to(device), labels.to(device))
     common.save_grid(images, grid_path, nrow=min(count, args.generate), captions=[names[i] for i in labels])
-    written = [grid_path] + ([common.save_pngs(images, args.png_dir)] if args.png_dir else [])
+    written = [grid_path]
+    if args.png_dir:
+        written.append(common.save_pngs(images, args.png_dir))
     if args.interpolate:
         rows = torch.arange(8) % count  # 8 latent walks between two random points, each in one class
         sheet = sample(generator, common.interpolation_noise(8, 10, settings["nz"], args.seed).to(device),

@@ -323,7 +323,9 @@ def train(args):
     fixed_noise = torch.randn(SAMPLES_PER_ROW, args.nz, 1, 1, generator=torch.Generator().manual_seed(args.seed))
     fixed_noise = fixed_noise.repeat(num_classes, 1, 1, 1).to(device)
     fixed_labels = torch.arange(num_classes, device=device).repeat_interleave(SAMPLES_PER_ROW)
-    saved = {**networks, **({"generator_ema": ema_generator} if ema_generator is not None else {})}  # checkpointed
+    saved = dict(networks)  # what a checkpoint holds
+    if ema_generator is not None:
+        saved["generator_ema"] = ema_generator
     step = 0
     if checkpoint is not None:
         common.restore_training_state(checkpoint, resume_path, saved, optimizers)
@@ -419,7 +421,9 @@ def generate(args):
     labels = torch.arange(len(chars)).repeat_interleave(args.generate)
     images = sample(generator, noise.repeat(len(chars), 1, 1, 1).to(device), labels)
     common.save_grid(images, grid_path, nrow=args.generate, row_labels=chars)
-    written = [grid_path] + ([common.save_pngs(images, args.png_dir)] if args.png_dir else [])
+    written = [grid_path]
+    if args.png_dir:
+        written.append(common.save_pngs(images, args.png_dir))
     if args.interpolate:  # 8 rows, each a walk through the latent space between two random points, as class i % K
         rows = torch.arange(8) % len(chars)
         sheet = sample(generator, common.interpolation_noise(8, 10, nz, args.seed).to(device), rows.repeat_interleave(10))

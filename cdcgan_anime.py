@@ -592,7 +592,9 @@ def train(args):
     ema_generator = copy.deepcopy(generator).requires_grad_(False) if args.ema > 0 else None
     fixed_noise, grid_labels, row_names = grid_inputs(args.show, args.nz, GRID_COLUMNS, args.seed, conditional)
     fixed_noise, grid_labels = fixed_noise.to(device), None if grid_labels is None else grid_labels.to(device)
-    saved = {**networks, **({"generator_ema": ema_generator} if ema_generator is not None else {})}  # checkpointed
+    saved = dict(networks)  # what a checkpoint holds
+    if ema_generator is not None:
+        saved["generator_ema"] = ema_generator
     step = 0
     if checkpoint is not None:
         common.restore_training_state(checkpoint, resume_path, saved, optimizers)
@@ -703,7 +705,9 @@ def generate(args):
     noise, labels, row_names = grid_inputs(args.show, settings["nz"], args.generate, args.seed, conditional)
     images = sample(generator, noise.to(device), None if labels is None else labels.to(device))
     common.save_grid(images, grid_path, nrow=args.generate, row_labels=row_names)
-    written = [grid_path] + ([common.save_pngs(images, args.png_dir)] if args.png_dir else [])
+    written = [grid_path]
+    if args.png_dir:
+        written.append(common.save_pngs(images, args.png_dir))
     if sheet_labels is not None:
         written.append(write_tag_sheet(generator, sheet_labels.to(device), sheet_path, args.seed))
     if args.interpolate:  # 8 rows, each a walk through the latent space between two random points

@@ -640,7 +640,9 @@ def train(args):
     schedulers = {name: torch.optim.lr_scheduler.StepLR(opt, args.step_lr, args.gamma)
                   for name, opt in optimizers.items()} if args.step_lr else {}
     fixed_noise = scoring_noise(args.nz, 1, args.seed)[0].to(device)  # the grids show the first scored draw
-    saved = {**networks, **({"generator_ema": ema_generator} if ema_generator is not None else {})}  # checkpointed
+    saved = dict(networks)  # what a checkpoint holds
+    if ema_generator is not None:
+        saved["generator_ema"] = ema_generator
     step = 0
     if checkpoint is not None:
         in_checkpoint = checkpoint.get("schedulers") or {}
@@ -765,7 +767,9 @@ def generate(args):
     conditions = random_conditions(args.generate, rng) if wanted is None else wanted.expand(args.generate, -1)
     images = sample(generator, torch.randn(args.generate, settings["nz"], generator=rng).to(device), conditions)
     common.save_grid(images, grid_path, nrow=min(8, args.generate), captions=[describe(c) for c in conditions])
-    written = [grid_path] + ([common.save_pngs(images, args.png_dir)] if args.png_dir else [])
+    written = [grid_path]
+    if args.png_dir:
+        written.append(common.save_pngs(images, args.png_dir))
     if args.interpolate:  # 8 rows of 10 steps; the rows' conditions are the grid's first ones
         starts = conditions[torch.arange(8) % args.generate]
         noise = common.interpolation_noise(8, 10, settings["nz"], args.seed)  # a latent walk, condition fixed

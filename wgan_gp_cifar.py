@@ -412,7 +412,9 @@ def train(args):
     generator, critic = networks["generator"], networks["critic"]
     ema_generator = copy.deepcopy(generator).requires_grad_(False) if args.ema > 0 else None
     fixed_noise = torch.randn(64, args.nz, 1, 1, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    saved = {**networks, **({"generator_ema": ema_generator} if ema_generator is not None else {})}  # checkpointed
+    saved = dict(networks)  # what a checkpoint holds
+    if ema_generator is not None:
+        saved["generator_ema"] = ema_generator
     step = 0
     if checkpoint is not None:
         common.restore_training_state(checkpoint, resume_path, saved, optimizers)
@@ -511,7 +513,9 @@ def generate(args):
     noise = torch.randn(args.generate, settings["nz"], 1, 1, generator=torch.Generator().manual_seed(args.seed))
     images = sample(generator, noise.to(device))
     common.save_grid(images, grid_path, nrow=min(8, args.generate))
-    written = [grid_path] + ([common.save_pngs(images, args.png_dir)] if args.png_dir else [])
+    written = [grid_path]
+    if args.png_dir:
+        written.append(common.save_pngs(images, args.png_dir))
     if args.interpolate:  # 8 rows, each a walk through the latent space between two random points
         sheet = sample(generator, common.interpolation_noise(8, 10, settings["nz"], args.seed).to(device))
         written.append(common.save_grid(sheet, grid_path[:-len(".png")] + "_interpolation.png", nrow=10))

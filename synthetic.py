@@ -29,10 +29,11 @@ import torch.nn.functional as F
 # Handwriting-like characters for the EMNIST scripts. Each font glyph is thinned to its centre line
 # once (cached), and every EMNIST-Balanced class also has hand-drawn stroke forms (most images use them);
 # every image then redraws a centre line with a round pen of random width after a random
-# affine map and a smooth elastic warp, so all fonts end up with pen-like strokes. Then EMNIST's own
-# preparation: a Gaussian blur, the ink's bounding box centred and scaled to fill the image less a 2/28
-# border, intensities stretched to 0-255. All per-image work is a few
-# batched tensor operations: 10,000 images take seconds on one CPU core.
+# affine map and a smooth elastic warp, so all fonts end up with pen-like strokes (the hand-drawn forms'
+# corners are rounded in half their copies, as a quick hand rounds them). Then EMNIST's own preparation: a
+# Gaussian blur, the ink's bounding box centred and scaled to fill the image less a 2/28 border, intensities
+# stretched to 0-255. All per-image work is a few batched tensor operations: 10,000 images take seconds on
+# one CPU core.
 
 # Index = EMNIST-Balanced label. Its 47 classes merge the lower-case letters that look like their
 # capitals (c i j k l m o p s u v w x y z).
@@ -166,6 +167,8 @@ HAND_FORMS = {
         [[(0.1, 1)] + _arc(0.5, 0.4, 0.35, 0.4, 180, 360) + [(0.9, 1)], [(0.1, 0.6), (0.9, 0.6)]],  # round top
         [[(0.05, 1), (0.6, 0), (0.75, 1)], [(0.0, 0.65), (0.95, 0.6)]],  # leaning, one leg upright
         [[(0.25, 0.65), (0.95, 0.6)], [(0.1, 1), (0.55, 0), (0.85, 1)]],  # bar first, from the left
+        [[(0.2, 1), (0.4, 0.05), (0.5, 0), (0.6, 0.05), (0.8, 1)], [(0.25, 0.55), (0.75, 0.55)]],  # legs almost parallel
+        [[(0.1, 1), (0.5, 0), (0.9, 1)], [(0.3, 0.45), (0.7, 0.45)]],  # high crossbar
     ],
     "B": [
         [[(0.2, 0), (0.2, 1)], _bowl(0.2, 0, 0.48, 0.75) + _bowl(0.2, 0.48, 1, 0.85)[1:]],
@@ -184,6 +187,15 @@ HAND_FORMS = {
          + _arc(0.45, 0.75, 0.35, 0.25, 250, 480)[1:]],
         [[(0.3, 0.95), (0.2, 0.1), (0.05, 0.05)],
          _arc(0.4, 0.25, 0.35, 0.22, 200, 450) + _arc(0.4, 0.72, 0.4, 0.27, 260, 490)[1:]],
+        [[(0.2, 0), (0.2, 1)], [(0.2, 0), (0.75, 0.2), (0.25, 0.48), (0.9, 0.75), (0.2, 1)]],  # pointed bowls
+        [[(0.25, 0), (0.25, 1)], _bowl(0.25, 0, 0.4, 0.6) + _bowl(0.1, 0.4, 1, 1.0)[1:]],  # lower bowl past the stem
+        [_arc(0.3, 0.15, 0.15, 0.15, 180, 360) + [(0.3, 1)],  # the stem starts with a hook to the left
+         _bowl(0.3, 0, 0.45, 0.8) + _bowl(0.3, 0.45, 1, 0.95)[1:]],
+        [[(0.0, 0.15), (0.15, 0.02), (0.3, 0)] + _bowl(0.3, 0, 0.5, 0.8)[1:] + _bowl(0.3, 0.5, 1, 0.9)[1:]
+         + [(0.05, 0.97)], [(0.3, 0), (0.28, 1)]],  # bowls from a tail left of the stem, ending past it
+        [[(0.2, 1), (0.25, 0)] + _bowl(0.25, 0, 0.45, 0.75)[1:] + [(0.08, 0.5), (0.3, 0.53)]
+         + _bowl(0.25, 0.5, 1, 0.9)[1:]],  # one stroke, a small loop where the bowls meet
+        [[(0.25, 0), (0.25, 1)], _bowl(0.25, 0, 0.48, 0.8) + _bowl(0.25, 0.48, 1, 0.9)[1:] + [(0.05, 0.95)]],
     ],
     "C": [[_arc(0.55, 0.5, 0.45, 0.5, 320, 40)], [_arc(0.5, 0.5, 0.42, 0.5, 300, 70)]],
     "D": [[[(0.15, 0), (0.15, 1)], _bowl(0.15, 0, 1, 0.9)], [[(0.15, 1), (0.15, 0)] + _bowl(0.15, 0, 1, 0.9)[1:]]],
@@ -249,7 +261,28 @@ HAND_FORMS = {
           [[(0.5, 0), (0.5, 1)], [(0.1, 0.3), (0.9, 0.3)]]],
 }
 HAND_VARIANTS = 16
-HAND_SHARE = 0.8  # of each character's images drawn from its hand-drawn forms
+HAND_SHARE = 0.95  # of each character's images drawn from its hand-drawn forms (fonts: too regular for handwriting)
+
+
+def _smooth_jitter(rng, n_points, sigma=0.025):
+    """Random offsets (n_points, 2) for a stroke's points: independent for a polyline's few corners, smoothed
+    along the stroke for an arc's many points (independent ones would make it zigzag)."""
+    jitter = rng.normal(0, sigma, (n_points, 2))
+    for _ in range(n_points // 4):  # a [1, 2, 1] / 4 moving average, more passes for longer strokes
+        padded = np.concatenate([jitter[:1], jitter, jitter[-1:]])
+        jitter = (padded[:-2] + 2 * padded[1:-1] + padded[2:]) / 4
+    return jitter * np.sqrt(1 + n_points // 4)  # averaging shrinks the offsets: roughly undo that, so arcs vary too
+
+
+def _round_corners(points, passes=2):
+    """Chaikin's corner cutting: each corner of the polyline replaced by a curve; the ends stay where they are."""
+    for _ in range(passes):
+        if len(points) < 3:
+            return points
+        a, b = points[:-1], points[1:]
+        cut = np.stack([0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b], 1).reshape(-1, 2)
+        points = np.concatenate([points[:1], cut[1:-1], points[-1:]])
+    return points
 
 
 def _hand_lines(char):
@@ -260,8 +293,10 @@ def _hand_lines(char):
         for _ in range(HAND_VARIANTS):
             canvas = np.zeros((GLYPH_CANVAS, GLYPH_CANVAS), dtype=bool)
             shift = rng.normal(0, 0.05, (len(form), 2))  # each stroke moved a little against the others
-            strokes = [np.asarray(stroke, dtype=np.float64) + offset + rng.normal(0, 0.025, (len(stroke), 2))
+            strokes = [np.asarray(stroke, dtype=np.float64) + offset + _smooth_jitter(rng, len(stroke))
                        for stroke, offset in zip(form, shift)]
+            if rng.random() < 0.5:  # a quick hand rounds the corners
+                strokes = [_round_corners(points) for points in strokes]
             # centred, the longer side GLYPH_SIDE as the fonts: no line reaches the canvas edge, where the
             # distance map's border padding would smear it outwards
             low, high = np.min([s.min(0) for s in strokes], 0), np.max([s.max(0) for s in strokes], 0)
@@ -320,8 +355,7 @@ def _emnist_frame(ink, threshold=0.3):
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = zoom, zoom, centre_x, centre_y
     grid = F.affine_grid(theta, ink.shape, align_corners=False)
-    ink = F.grid_sample(ink, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return ink / ink.amax((1, 2, 3), keepdim=True).clamp(min=1e-6)  # EMNIST stretches the intensities to 0-255
+    return F.grid_sample(ink, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def letters(chars, n_per_char, image_size=32, seed=0):
@@ -361,15 +395,15 @@ def letters(chars, n_per_char, image_size=32, seed=0):
     pick = uniform(0, 1, n)
     glyph = first_glyph[labels] + torch.where(hand, fonts_per_char[labels] + (pick * hand_per_char[labels]).long(),
                                               (pick * fonts_per_char[labels]).long())
-    pen = uniform(2.6, 4.8, n, 1, 1, 1)      # pen radius, canvas px (strokes 2-4 px wide at 32 px, as EMNIST)
+    pen = uniform(1.8, 4.8, n, 1, 1, 1)      # pen radius, canvas px (strokes 1.5-4 px wide at 32 px, as EMNIST)
     blur = uniform(0.3, 0.7, n)              # Gaussian blur sigma, image px: EMNIST blurs before shrinking
     scale = uniform(0.72, 0.8, n)            # small enough that no glyph leaves the canvas; the framing fills it
     aspect = torch.exp(uniform(-0.2, 0.2, n))
     rotation = uniform(-math.radians(15), math.radians(15), n)
-    slant = uniform(-0.2, 0.45, n)           # handwriting leans right more often than left
+    slant = uniform(-0.2, 0.7, n)            # handwriting leans right more often than left (EMNIST's A's: a lot)
     warp = uniform(0.04, 0.13, n, 1, 1, 1)   # elastic displacement, fraction of the half-width
     field = torch.randn(n, 2, 4, 4, generator=generator)  # coarse random displacements, smooth once upsampled
-    wobble = 0.03 * torch.randn(n, 2, 8, 8, generator=generator)  # finer ones: a hand's unsteady line
+    wobble = 0.015 * torch.randn(n, 2, 8, 8, generator=generator)  # finer ones: a hand's unsteady line
 
     # Forward map glyph -> image: rotate(slant(stretch(p))); grid_sample needs the inverse.
     cos, sin = torch.cos(rotation), torch.sin(rotation)
@@ -398,8 +432,9 @@ def letters(chars, n_per_char, image_size=32, seed=0):
         distance = F.grid_sample(distances[glyph[part]], grid.permute(0, 2, 3, 1), mode="bilinear",
                                  padding_mode="border", align_corners=True)
         ink = distance.mul_(-ink_scale).add_(pen[part] * ink_scale + 0.5).clamp_(0, 1)
-        ink = _emnist_frame(_gaussian_blur(ink, 2 * blur[part]))
-        images[part] = F.avg_pool2d(ink, 2).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        ink = F.avg_pool2d(_emnist_frame(_gaussian_blur(ink, 2 * blur[part])), 2)
+        ink = ink / ink.amax((1, 2, 3), keepdim=True).clamp(min=1e-6)  # EMNIST stretches its final pixels to 0-255
+        images[part] = ink.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
     return images, labels
 
 

@@ -162,7 +162,7 @@ def test_bce_ablations_end_to_end_and_scoring(tmp_path, tiny_classifier):
     run_script("cdcgan_anime.py", "--image-size", "32", "--n-images", "128", "--batch-size", "32", "--epochs", "1",
                "--soft-labels", "--no-normalize", "--act", "selu", "--ngf", "16", "--ndf", "16",
                "--tags-file", tmp_path / "testing_tags.txt", "--show", "pink hair aqua eyes", "black hair gray eyes",
-               "--classifier", classifier_path, "--eval-every", "1", "--out", out, "--no-progress")
+               "--classifier", classifier_path, "--eval-every", "1", "--ema", "0", "--out", out, "--no-progress")
     for name in ("config.json", "log.csv", "last.pt", "best.pt", "real.png", "losses.png", "progress.gif",
                  "accuracy.png", "samples/epoch_001.png", "samples/cgan.png"):
         assert (out / name).exists(), name
@@ -181,8 +181,8 @@ def test_bce_ablations_end_to_end_and_scoring(tmp_path, tiny_classifier):
     assert images.min() >= -1 and images.max() <= 1  # --no-normalize samples mapped back to [-1, 1]
     # evaluate.py scores the checkpoint with the moved faces judge
     row, = evaluate.main([str(out / "last.pt"), "--no-fid", "--classifier", classifier_path, "--device", "cpu",
-                          "--n-samples", "8", "--batch-size", "8"])
-    assert 0 <= row["both_acc"] <= 1 and not row["notes"]
+                          "--n-samples", "8", "--batch-size", "8", "--faces-per-pair", "3"])
+    assert 0 <= row["both_acc"] <= 1 and not row["notes"] and row["faces_judged"] == 3 * 132
 
 
 def test_generate_grid_pngs_sheets_and_interpolation(tmp_path):

@@ -319,6 +319,9 @@ def test_signal_during_start_up_leaves_nothing(script, signum, tmp_path, capsys,
         return data
     monkeypatch.setattr(mod, "load_data", load_data_then_signal)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Python's Ctrl-C handler, as in a terminal: a shell starts background jobs (pytest ... &) with SIGINT
+    # ignored, and then Python keeps ignoring it, so the run would rightly go on
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         status, err = cli(script, tiny(script, tmp_path / "run", "--max-steps", 1), capsys)
     finally:

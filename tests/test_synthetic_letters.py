@@ -154,3 +154,21 @@ def test_hand_drawn_forms_for_every_class():
     lines = synthetic._hand_lines("R")
     assert lines.shape == (len(synthetic.HAND_FORMS["R"]) * synthetic.HAND_VARIANTS, synthetic.GLYPH_CANVAS,
                            synthetic.GLYPH_CANVAS) and lines.any((1, 2)).all()
+
+
+def test_round_corners_keeps_the_ends_and_cuts_the_corner():
+    corner = np.array([(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)])
+    rounded = synthetic._round_corners(corner)
+    assert (rounded[0] == corner[0]).all() and (rounded[-1] == corner[-1]).all()
+    assert np.linalg.norm(rounded - corner[1], axis=1).min() > 0.1  # no point left on the sharp corner
+    straight = np.array([(0.0, 0.0), (1.0, 1.0)])
+    assert (synthetic._round_corners(straight) == straight).all()  # a single segment has no corner
+
+
+def test_jitter_is_smooth_along_an_arc_and_free_at_a_polyline_corner():
+    rng = np.random.default_rng(0)
+    arc = np.concatenate([synthetic._smooth_jitter(rng, 32) for _ in range(200)])
+    corners = np.concatenate([synthetic._smooth_jitter(rng, 3) for _ in range(2000)])
+    step = lambda jitter, n: np.abs(np.diff(jitter.reshape(-1, n, 2), axis=1)).mean()
+    assert step(arc, 32) < 0.3 * step(corners, 3)  # neighbouring points of an arc move together: no zigzag
+    assert 0.5 < arc.std() / corners.std() < 2  # yet an arc's shape varies about as much as a polyline's

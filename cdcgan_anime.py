@@ -130,7 +130,8 @@ def parse_args(argv=None):
     g.add_argument("--beta2", type=common.unit_interval, default=0.999, help="Adam beta2")
     g.add_argument("--ema", type=common.unit_interval, default=0.999,
                    help="decay of a moving average of the generator's weights that samples and evaluate.py use "
-                        "(0: off; on real faces it made the eye colours right far more often: docs/cdcgan_anime.md)")
+                        "(0: off; on the real faces it raised the eye-colour accuracy from 0.59 to 0.70: "
+                        "docs/cdcgan_anime.md)")
     g.add_argument("--seed", type=common.seed, default=0, help="random seed (data order, weights, noise)")
     g = parser.add_argument_group("run")
     g.add_argument("--out", default=None, help="run folder (default runs/<script>-<time>)")

@@ -1723,8 +1723,7 @@ def faces_train_classifier(out_path=None, data_dir=None, device="cpu", seed=0, n
     # subset of pairs, e.g. the course's five): flat hair * n_eyes + eye tables of plain ints.
     held_pairs = test_labels[:, 0] * shape[1] + test_labels[:, 1]
     pair_tables = {"held_out_pair_counts": torch.bincount(held_pairs, minlength=shape[0] * shape[1]),
-                   "held_out_pair_right": torch.bincount(held_pairs, weights=both_right.double(),
-                                                         minlength=shape[0] * shape[1]).round().long()}
+                   "held_out_pair_right": torch.bincount(held_pairs[both_right], minlength=shape[0] * shape[1])}
     if data_dir is not None:  # real tags: how many faces each pair has
         all_labels = torch.cat([labels, test_labels])
         pair_tables["pair_counts"] = torch.bincount(all_labels[:, 0] * shape[1] + all_labels[:, 1],
@@ -1796,12 +1795,13 @@ def faces_checkpoint_scores(loaded, classifier_file, device, n_per_pair=32):
     ceiling = checkpoint.get("ceiling")
     if isinstance(ceiling, dict) and isinstance(ceiling.get("both_acc"), float):
         scores["ceiling_both"] = ceiling["both_acc"]
+    held_counts, held_right = checkpoint.get("held_out_pair_counts"), checkpoint.get("held_out_pair_right")
+    has_pair_ceilings = all(isinstance(t, list) and len(t) == len(pair_both) for t in (held_counts, held_right))
     for name, pairs in subsets.items():
         if not pairs:
             continue
         scores[f"both_acc_{name}"] = pair_both[pairs].mean().item()
-        held_counts, held_right = checkpoint.get("held_out_pair_counts"), checkpoint.get("held_out_pair_right")
-        if all(isinstance(t, list) and len(t) == len(pair_both) for t in (held_counts, held_right)):
+        if has_pair_ceilings:
             held = sum(held_counts[i] for i in pairs)
             if held:  # the judge's own both-right on held-out real faces of these pairs
                 scores[f"ceiling_both_{name}"] = sum(held_right[i] for i in pairs) / held

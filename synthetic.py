@@ -395,7 +395,7 @@ def letters(chars, n_per_char, image_size=32, seed=0):
     pick = uniform(0, 1, n)
     glyph = first_glyph[labels] + torch.where(hand, fonts_per_char[labels] + (pick * hand_per_char[labels]).long(),
                                               (pick * fonts_per_char[labels]).long())
-    pen = uniform(1.8, 4.8, n, 1, 1, 1)      # pen radius, canvas px (strokes 1.5-4 px wide at 32 px, as EMNIST)
+    pen = uniform(1.8, 4.8, n, 1, 1, 1)      # pen radius, canvas px (the low end: real EMNIST B's thin strokes)
     blur = uniform(0.3, 0.7, n)              # Gaussian blur sigma, image px: EMNIST blurs before shrinking
     scale = uniform(0.72, 0.8, n)            # small enough that no glyph leaves the canvas; the framing fills it
     aspect = torch.exp(uniform(-0.2, 0.2, n))

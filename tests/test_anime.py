@@ -310,8 +310,11 @@ def test_face_count_draws_the_course_test_pairs(tmp_path, monkeypatch):
                        "--ndf", "8", "--out", str(tmp_path / "run"), "--no-progress"])
     drawn = {}
     real_sample = cdcgan_anime.sample
-    monkeypatch.setattr(cdcgan_anime, "sample", lambda g, noise, labels: drawn.setdefault("labels", labels.cpu())
-                        is not None and real_sample(g, noise, labels))
+
+    def recording_sample(generator, noise, labels):  # notes the tags of the first sheet drawn
+        drawn.setdefault("labels", labels.cpu())
+        return real_sample(generator, noise, labels)
+    monkeypatch.setattr(cdcgan_anime, "sample", recording_sample)
     monkeypatch.setattr(evaluate, "faces_count", lambda images, cascade: drawn.update(images=images) or 7)
     loaded = evaluate.LoadedCheckpoint(str(tmp_path / "run" / "last.pt"), torch.device("cpu"))
     args = type("Args", (), {"seed": 0, "cascade": "unused.xml"})()

@@ -103,8 +103,8 @@ def parse_args(argv=None):
     g.add_argument("--ngf", type=common.positive_int, default=32,
                    help="generator width: layers of 4, 2, 1 x ngf then 3 channels (64: the report's 256-128-64-3)")
     g.add_argument("--ndf", type=common.positive_int, default=32,
-                   help="discriminator width: layers of 1, 2, 4 x ndf channels (on the real faces 64 got the eye "
-                        "colours right more often than 32 in the same 45 CPU minutes: docs/cdcgan_anime.md)")
+                   help="discriminator width: layers of 1, 2, 4 x ndf channels (on the real faces see "
+                        "docs/cdcgan_anime.md for 64 against 32 in the same 45 CPU minutes)")
     g.add_argument("--act", choices=["selu", "relu"], default="relu",
                    help="generator activation (the report's generator used SELU)")
     g.add_argument("--unconditional", action="store_true",

@@ -1065,8 +1065,11 @@ class LoadedCheckpoint:
         except RuntimeError as e:
             raise common.UserError(f"{path}: the generator weights do not fit {self.script}.build_generator "
                                    f"({str(e).splitlines()[0]})") from None
-        # The mode is left as built (train): the scripts sample with batch statistics, as they trained.
+        # The mode is left as built (train): most scripts sample with batch statistics, as they trained; a script
+        # with standing_statistics (cdcgan_anime) samples with BatchNorm statistics it sets for these weights.
         self.generator = common.prepare_model(self.generator, device)
+        if hasattr(self.module, "standing_statistics"):
+            self.module.standing_statistics(self.generator)
         self.device = device
         fixed = self.checkpoint.get("fixed_noise")
         self.noise_shape = tuple(fixed.shape[1:]) if isinstance(fixed, torch.Tensor) else (self.args["nz"], 1, 1)
@@ -1766,7 +1769,7 @@ def faces_score(sample_fn, noise_shape, classifier, device, n_per_pair=16, seed=
     of each pair, flat (hair * n_eyes + eye)."""
     n_hair, n_eyes = classifier.hair_head.out_features, classifier.eye_head.out_features
     pairs = torch.tensor([(h, e) for h in range(n_hair) for e in range(n_eyes)], dtype=torch.int64)
-    labels = pairs.repeat(n_per_pair, 1)  # every batch mixes all pairs, so train-mode BN sees a balanced batch
+    labels = pairs.repeat(n_per_pair, 1)  # every batch mixes all pairs (matters where BN uses batch statistics)
     noise = torch.randn(len(labels), *noise_shape, generator=torch.Generator().manual_seed(seed))
     chunk = 2 * len(pairs)
     images = torch.cat([sample_fn(noise[i:i + chunk].to(device), labels[i:i + chunk].to(device)).float()

@@ -210,6 +210,32 @@ def test_generate_grid_pngs_sheets_and_interpolation(tmp_path):
     assert (out / "generated.png").exists()
 
 
+def test_samples_use_standing_statistics_not_their_batch(tmp_path):
+    """A face must not depend on the rest of its batch (the course's sheet draws five pairs at a time): sample()
+    uses the BatchNorm statistics standing_statistics() sets, which training saves and evaluate.py recomputes."""
+    out = tmp_path / "run"
+    cdcgan_anime.main(["--image-size", "32", "--n-images", "32", "--batch-size", "16", "--max-steps", "3", "--ngf", "8",
+                       "--ndf", "8", "--ema", "0.9", "--out", str(out), "--no-progress"])
+    checkpoint = common.load_checkpoint(str(out / "last.pt"))
+    loaded = evaluate.LoadedCheckpoint(str(out / "last.pt"), torch.device("cpu"))
+    for name, saved in checkpoint["generator_ema"].items():  # the same statistics, recomputed on loading
+        assert torch.equal(loaded.generator.state_dict()[name], saved), name
+    noise = torch.randn(6, 100, generator=torch.Generator().manual_seed(1))
+    one_pair = torch.tensor([[4, 2]]).repeat(6, 1)  # green hair blue eyes alone, then among other pairs
+    mixed = torch.cat([one_pair, torch.tensor([[h, (h * 5) % 11] for h in range(12)])])
+    alone = loaded.sample(noise, one_pair)
+    among = loaded.sample(torch.cat([noise, torch.randn(12, 100)]), mixed)[:6]
+    assert torch.allclose(alone, among, atol=1e-5)
+    # ... and the statistics are those of a batch that mixes every pair: eval mode on a large balanced batch
+    # draws what train mode (the batch's own statistics) draws
+    pairs = torch.tensor([(h, e) for h in range(12) for e in range(11)]).repeat(8, 1)
+    noise = torch.randn(len(pairs), 100, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        own_statistics = loaded.generator.train()(noise, pairs)
+    difference = (loaded.sample(noise, pairs) - own_statistics).abs().mean().item()
+    assert difference < 0.1 * own_statistics.std().item(), difference
+
+
 def test_wgan_losses_and_ablations_end_to_end(tmp_path):
     # In-process (main(argv)) to spare the interpreter start-up; the bce test runs the command line itself.
     synthetic.write_faces(str(tmp_path / "extra_data"), n=48, image_size=32, seed=2)

@@ -4,8 +4,10 @@ import csv
 import glob
 import importlib
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -22,11 +24,27 @@ SCRIPTS = {
 }
 
 
-def torchrun(script, args, timeout=120):
+# Seen in CI (torch 2.14 CPU, wgan_gp_cifar): one process dies in std::terminate with only this line on
+# stderr; not reproduced in 37 runs of the same command here. Once a DistributedDataParallel module has existed,
+# gloo's worker threads outlive destroy_process_group() (measured: still running when main() returns), so they
+# are alive while the interpreter shuts down, and a C++ thread that takes the GIL then dies in std::terminate
+# (the crash in pytorch/pytorch#190489). A run that fails with this line is run once more; any other failure,
+# or this one twice, fails the test.
+UPSTREAM_EXIT_ABORT = "terminate called without an active exception"
+
+
+def torchrun(script, args, out, timeout=120):
+    """`torchrun --nproc_per_node=2 script ARGS --out OUT`, retried once after UPSTREAM_EXIT_ABORT."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(REPO, f"{script}.py"), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+           os.path.join(REPO, f"{script}.py"), *args, "--out", str(out)]
+    # PYTHONFAULTHANDLER: a process killed by a signal prints every thread's Python stack.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0 and UPSTREAM_EXIT_ABORT in proc.stderr:
+        warnings.warn(f"torchrun {script}: a process died in std::terminate; running once more:\n{proc.stderr[-3000:]}")
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    return proc
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
@@ -35,8 +53,7 @@ def test_two_processes_then_resume_in_one(tmp_path, script):
         pytest.skip(f"{script}.py not present")
     flags, run_folder = SCRIPTS[script]
     out = tmp_path / "run"
-    proc = torchrun(script, [*flags, "--max-steps", "3", "--log-every", "1", "--no-progress", "--device", "cpu",
-                             "--out", str(out)])
+    proc = torchrun(script, [*flags, "--max-steps", "3", "--log-every", "1", "--no-progress", "--device", "cpu"], out)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]  # torchrun: 0 only if both ranks exit 0
     folder = out / run_folder
     # One set of outputs: one checkpoint, one log with each step once (rank 1 wrote nothing).

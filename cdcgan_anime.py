@@ -3,7 +3,8 @@
 Papers: Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep Convolutional GANs"
 (ICLR 2016); Mirza & Osindero, "Conditional Generative Adversarial Nets" (2014); Reed et al.,
 "Generative Adversarial Text to Image Synthesis" (ICML 2016: the mismatched-pair term); Arjovsky et al.
-(WGAN) and Gulrajani et al. (WGAN-GP) for --loss. Coursework: MLDS homework 3 (DCGAN on anime faces,
+(WGAN) and Gulrajani et al. (WGAN-GP) for --loss; Odena et al., "Conditional Image Synthesis with Auxiliary
+Classifier GANs" (ICML 2017) for --aux-weight. Coursework: MLDS homework 3 (DCGAN on anime faces,
 a conditional DCGAN by hair and eye colour with small tag embeddings, WGAN-GP lambda 1 vs 10, the
 "training tips" ablations).
 
@@ -12,6 +13,7 @@ Run (offline: procedural cartoon faces from synthetic.py):
     python cdcgan_anime.py --data anime --data-dir data/mlds_anime --tags-file testing_tags.txt   # MLDS data
     python cdcgan_anime.py --show "blue hair blue eyes" "green hair red eyes"                      # grid rows
     python cdcgan_anime.py --loss wgan-gp --lambda 1                                               # lambda 1 vs 10
+    python cdcgan_anime.py --aux-weight 1             # D also names the colours it sees (AC-GAN's class term)
     python cdcgan_anime.py --no-bn | --soft-labels | --no-normalize | --unconditional              # the ablations
     python evaluate.py --train-classifier faces       # once: the attribute classifier, then --eval-every 1 scores
     python cdcgan_anime.py --generate 8 --checkpoint runs/<run>/last.pt --show "pink hair aqua eyes" --interpolate
@@ -118,6 +120,10 @@ def parse_args(argv=None):
                    help="critic (discriminator) updates per generator update (default: 1 for bce, 5 for wgan)")
     g.add_argument("--mismatch-weight", type=common.non_negative_float, default=1.0,
                    help="weight of the (real image, wrong tags) -> fake term; 0 turns it off")
+    g.add_argument("--aux-weight", type=common.non_negative_float, default=0.0,
+                   help="AC-GAN's class term: D also names the hair and eye colours of a face from the image alone, "
+                        "learnt on the real faces, and G is trained to be named right; 0 (default): the report's "
+                        "model (see docs/cdcgan_anime.md for 1 on the real faces)")
     g.add_argument("--no-bn", action="store_true", help="ablation: no BatchNorm in either network")
     g.add_argument("--soft-labels", action="store_true",
                    help="ablation (bce): real targets drawn from [0.7, 1.2], fake from [0, 0.3]")
@@ -181,6 +187,8 @@ def parse_args(argv=None):
         parser.error("--soft-labels applies to --loss bce (WGAN critics output scores, not probabilities)")
     if args.eval_every and args.unconditional:
         parser.error("--eval-every scores the requested hair and eye colours: an --unconditional generator has none")
+    if args.aux_weight and args.unconditional:
+        parser.error("--aux-weight trains G to draw the requested colours: an --unconditional generator has none")
     if args.generate is not None and args.checkpoint is None:
         parser.error("--generate needs --checkpoint PATH")
     if args.cascade and not args.tags_file:
@@ -378,9 +386,10 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     """image -> conv -> [features, tag embeddings expanded to a map] -> convs -> one logit (the report's design:
-    the tags join after the first conv). LeakyReLU(0.2); BN except on the first layer, unless turned off."""
+    the tags join after the first conv). LeakyReLU(0.2); BN except on the first layer, unless turned off.
+    classify=True (--aux-weight) adds AC-GAN's second head: the hair and eye colours read from the image alone."""
 
-    def __init__(self, embed_dim=5, ndf=64, image_size=64, batch_norm=True, conditional=True):
+    def __init__(self, embed_dim=5, ndf=64, image_size=64, batch_norm=True, conditional=True, classify=False):
         super().__init__()
         self.conditional = conditional
         if conditional:
@@ -393,14 +402,22 @@ class Discriminator(nn.Module):
             nn.Conv2d(c_in, ndf * 2, 4, 2, 1, bias=not batch_norm), norm(ndf * 2), nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=not batch_norm), norm(ndf * 4), nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf * 4, 1, image_size // 8, 1, 0))
+        # The classifier branches off before the tags join: a head that saw the requested tags could copy them.
+        self.classifier = nn.Sequential(
+            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=not batch_norm), norm(ndf * 2), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=not batch_norm), norm(ndf * 4), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * 4, N_HAIR + N_EYES, image_size // 8, 1, 0)) if classify else None
 
-    def forward(self, images, labels=None):
+    def forward(self, images, labels=None, classify=False):
+        """-> real/fake logits; classify=True: (logits, (N, 12 + 11) hair then eye colour logits)."""
         features = self.first(images)
+        colour_logits = self.classifier(features).flatten(1) if classify else None
         if self.conditional:
             tags = torch.cat([self.hair_embedding(labels[:, 0]), self.eye_embedding(labels[:, 1])], 1)
             tag_map = tags[:, :, None, None].expand(-1, -1, features.shape[2], features.shape[3])
             features = torch.cat([features, tag_map.to(features.dtype)], 1)
-        return self.rest(features).flatten()
+        logits = self.rest(features).flatten()
+        return (logits, colour_logits) if classify else logits
 
 
 def build_generator(settings):
@@ -417,7 +434,7 @@ def build(args, device):
     # The WGAN-GP critic has no BatchNorm: the gradient penalty is per sample, and BN mixes samples.
     discriminator = common.prepare_model(Discriminator(
         args.embed_dim, args.ndf, args.image_size, batch_norm=not args.no_bn and args.loss != "wgan-gp",
-        conditional=conditional).apply(common.dcgan_init), device)
+        conditional=conditional, classify=args.aux_weight > 0).apply(common.dcgan_init), device)
 
     def optimizer(params):  # RMSprop for wgan-clip: the WGAN paper found momentum unstable with clipping
         return torch.optim.RMSprop(params, lr=args.lr) if args.loss == "wgan-clip" else \
@@ -529,8 +546,15 @@ def targets(logits, real, soft):
     return torch.empty_like(logits).uniform_(low, high)
 
 
+def colour_loss(colour_logits, labels):
+    """AC-GAN's class term for two attributes: cross-entropy of the hair colour plus that of the eye colour."""
+    hair_logits, eye_logits = colour_logits.float().split([N_HAIR, N_EYES], 1)
+    return F.cross_entropy(hair_logits, labels[:, 0]) + F.cross_entropy(eye_logits, labels[:, 1])
+
+
 def train_step(models, optimizers, batch, args):
-    """(real, right tags) -> real; (fake, right tags) -> fake; (real, wrong tags) -> fake."""
+    """(real, right tags) -> real; (fake, right tags) -> fake; (real, wrong tags) -> fake. With --aux-weight D
+    also learns to name the colours of real faces, and G to draw faces D names as requested."""
     generator, discriminator = models["generator"], models["discriminator"]
     opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
     real_images = batch["images"]
@@ -538,9 +562,13 @@ def train_step(models, optimizers, batch, args):
     labels = batch["labels"] if conditional else None
     noise = torch.randn(real_images.shape[0], args.nz, device=real_images.device)
     bce = F.binary_cross_entropy_with_logits
+    classify = args.aux_weight > 0
     with common.autocast(real_images.device, args.amp):
         fake_images = generator(noise, labels)
-        logits_real = discriminator(real_images, labels)
+        if classify:  # only real faces teach the classifier: on fakes it would learn G's mistakes as right
+            logits_real, colours_real = discriminator(real_images, labels, classify=True)
+        else:
+            logits_real = discriminator(real_images, labels)
         logits_fake = discriminator(fake_images.detach(), labels)
         use_wrong = conditional and args.mismatch_weight > 0
         logits_wrong = discriminator(real_images, wrong_tags(labels)) if use_wrong else None
@@ -556,6 +584,9 @@ def train_step(models, optimizers, batch, args):
                 loss_d = loss_d + args.mismatch_weight * (logits_wrong.mean() - logits_real.mean())
             if args.loss == "wgan-gp":
                 loss_d = loss_d + args.lambda_gp * gradient_penalty(discriminator, real_images, fake_images.detach(), labels)
+        if classify:
+            colour_loss_real = colour_loss(colours_real, labels)
+            loss_d = loss_d + args.aux_weight * colour_loss_real
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     common.optimizer_step(opt_d, loss_d, args.skip_nonfinite)
@@ -566,9 +597,14 @@ def train_step(models, optimizers, batch, args):
 
     if batch.get("update_generator", True):
         with common.autocast(real_images.device, args.amp):
-            logits_gen = discriminator(fake_images, labels)
+            if classify:
+                logits_gen, colours_gen = discriminator(fake_images, labels, classify=True)
+            else:
+                logits_gen = discriminator(fake_images, labels)
             # Generator: non-saturating BCE (maximise log D(G(z, tags), tags)), or -E[D(G(z))] for WGAN.
             loss_g = bce(logits_gen, torch.ones_like(logits_gen)) if args.loss == "bce" else -logits_gen.mean()
+            if classify:
+                loss_g = loss_g + args.aux_weight * colour_loss(colours_gen, labels)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         common.optimizer_step(opt_g, loss_g, args.skip_nonfinite)
@@ -580,6 +616,8 @@ def train_step(models, optimizers, batch, args):
         values["d_fake"] = torch.sigmoid(logits_fake.detach().float()).mean()
         if use_wrong:
             values["d_wrong"] = torch.sigmoid(logits_wrong.detach().float()).mean()
+    if classify:
+        values["colour_loss_real"] = colour_loss_real.detach()
     return values
 
 

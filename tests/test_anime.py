@@ -2,6 +2,7 @@
 ablations end to end, generate and its sheets, and the faces judge in evaluate.py (classifier scores, the
 course's face count)."""
 
+import argparse
 import csv
 import os
 
@@ -256,6 +257,47 @@ def test_wgan_losses_and_ablations_end_to_end(tmp_path):
     gp_checkpoint = common.load_checkpoint(str(tmp_path / "gp" / "last.pt"))
     assert gp_checkpoint["optimizers"]["generator"]["state"][0]["step"] == 1
     assert gp_checkpoint["optimizers"]["discriminator"]["state"][0]["step"] == 2
+
+
+def test_aux_colour_head_reads_the_image_alone_learns_real_faces_and_trains_the_generator(tmp_path):
+    torch.manual_seed(0)
+    discriminator = cdcgan_anime.Discriminator(ndf=8, image_size=32, classify=True).eval()
+    images = torch.randn(6, 3, 32, 32)
+    tags_a, tags_b = torch.randint(0, 11, (6, 2)), torch.randint(0, 11, (6, 2))
+    logits_a, colours_a = discriminator(images, tags_a, classify=True)
+    logits_b, colours_b = discriminator(images, tags_b, classify=True)
+    assert colours_a.shape == (6, 12 + 11) and torch.equal(colours_a, colours_b)  # the head cannot copy the tags
+    assert not torch.allclose(logits_a, logits_b)  # while the real/fake head reads them
+    right = torch.full((1, 23), -20.0)
+    right[0, 3], right[0, 12 + 5] = 20.0, 20.0
+    assert cdcgan_anime.colour_loss(right, torch.tensor([[3, 5]])).item() == pytest.approx(0.0, abs=1e-6)
+    assert cdcgan_anime.colour_loss(torch.zeros(1, 23), torch.tensor([[3, 5]])).item() == pytest.approx(
+        np.log(12) + np.log(11), abs=1e-5)
+    # The generator's loss carries the colour term: one step with D frozen (lr 0), with and without it.
+    args = cdcgan_anime.parse_args(["--image-size", "32", "--ngf", "8", "--ndf", "8", "--aux-weight", "1"])
+    models, optimizers = cdcgan_anime.build(args, torch.device("cpu"))
+    optimizers["discriminator"] = torch.optim.SGD(models["discriminator"].parameters(), lr=0.0)
+    batch = {"images": torch.rand(8, 3, 32, 32) * 2 - 1, "labels": torch.randint(0, 11, (8, 2))}
+    generator_before = {k: v.clone() for k, v in models["generator"].state_dict().items()}
+    losses = {}
+    for weight in (0.0, 1.0):
+        models["generator"].load_state_dict(generator_before)
+        torch.manual_seed(1)
+        settings = argparse.Namespace(**{**vars(args), "aux_weight": weight})
+        losses[weight] = cdcgan_anime.train_step(models, optimizers, batch, settings)
+    assert "colour_loss_real" in losses[1.0] and "colour_loss_real" not in losses[0.0]
+    assert losses[1.0]["loss_g"] - losses[0.0]["loss_g"] > 1.0  # ~ln 12 + ln 11 for an untrained head
+    # A short run: the head learns the colours of the (embedded) faces; the checkpoint holds it.
+    out = tmp_path / "aux"
+    cdcgan_anime.main(["--aux-weight", "1", "--image-size", "32", "--n-images", "512", "--batch-size", "32",
+                       "--max-steps", "48", "--log-every", "8", "--ngf", "16", "--ndf", "16", "--out", str(out),
+                       "--no-progress"])
+    with open(out / "log.csv", newline="") as f:
+        colour_losses = [float(row["colour_loss_real"]) for row in csv.DictReader(f)]
+    assert colour_losses[-1] < 0.8 * colour_losses[0], colour_losses
+    checkpoint = common.load_checkpoint(str(out / "last.pt"), "cdcgan_anime")
+    assert checkpoint["args"]["aux_weight"] == 1
+    assert any(k.startswith("classifier.") for k in checkpoint["discriminator"])
 
 
 def test_gradient_penalty_is_zero_for_unit_slope_critic():

@@ -25,11 +25,11 @@ SCRIPTS = {
 
 
 # Seen in CI (torch 2.14 CPU, wgan_gp_cifar): one process dies in std::terminate with only this line on
-# stderr; not reproduced in 37 runs of the same command here. Once a DistributedDataParallel module has existed,
-# gloo's worker threads outlive destroy_process_group() (measured: still running when main() returns), so they
-# are alive while the interpreter shuts down, and a C++ thread that takes the GIL then dies in std::terminate
-# (the crash in pytorch/pytorch#190489). A run that fails with this line is run once more; any other failure,
-# or this one twice, fails the test.
+# stderr; not reproduced in 37 runs of the same command here. The likely cause: once a DistributedDataParallel
+# module has existed, gloo's worker threads outlive destroy_process_group() (measured: still running when main()
+# returns), so they are alive while the interpreter shuts down, and a C++ thread that takes the GIL then dies
+# in std::terminate (the crash in pytorch/pytorch#190489). A run that fails with this line is run once more;
+# any other failure, or this one twice, fails the test.
 UPSTREAM_EXIT_ABORT = "terminate called without an active exception"
 
 

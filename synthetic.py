@@ -14,8 +14,14 @@ Command line (writes the same on-disk formats as the real datasets, for testing 
 """
 
 import argparse
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
 import math
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import torch
@@ -27,13 +33,13 @@ import torch.nn.functional as F
 # ===========================================================================
 
 # Handwriting-like characters for the EMNIST scripts. Each font glyph is thinned to its centre line
-# once (cached), and every EMNIST-Balanced class also has hand-drawn stroke forms (most images use them);
-# every image then redraws a centre line with a round pen of random width after a random
-# affine map and a smooth elastic warp, so all fonts end up with pen-like strokes (the hand-drawn forms'
-# corners are rounded in half their copies, as a quick hand rounds them). Then EMNIST's own preparation: a
-# Gaussian blur, the ink's bounding box centred and scaled to fill the image less a 2/28 border, intensities
-# stretched to 0-255. All per-image work is a few batched tensor operations: 10,000 images take seconds on
-# one CPU core.
+# once (kept in memory and on disk: _glyph_cache_folder), and every EMNIST-Balanced class also has
+# hand-drawn stroke forms (most images use them); every image then redraws a centre line with a
+# round pen of random width after a random affine map and a smooth elastic warp, so all fonts end up
+# with pen-like strokes (the hand-drawn forms' corners are rounded in half their copies, as a quick
+# hand rounds them). Then EMNIST's own preparation: a Gaussian blur, the ink's bounding box centred
+# and scaled to fill the image less a 2/28 border, intensities stretched to 0-255. All per-image
+# work is a few batched tensor operations: 10,000 images take seconds on one CPU core.
 
 # Index = EMNIST-Balanced label. Its 47 classes merge the lower-case letters that look like their
 # capitals (c i j k l m o p s u v w x y z).
@@ -52,14 +58,19 @@ GLYPH_CANVAS = 64  # glyphs are cached on a 64x64 canvas,
 GLYPH_SIDE = 52    # centred, the longer side of their ink 52 px (81%, as EMNIST), leaving room for the pen
 
 _FONTS = {}   # font file name -> matplotlib FT2Font, opened once
-_GLYPHS = {}  # char -> float tensor (fonts, canvas, canvas): distance in px from each pixel to the centre line
+_GLYPHS = {}  # char -> (distance maps (glyphs, canvas, canvas), how many are hand-drawn)
+
+
+def _font_path(name):
+    # matplotlib.get_data_path() without importing matplotlib: a warm cache only hashes the fonts
+    package = os.path.dirname(importlib.util.find_spec("matplotlib").origin)
+    return os.path.join(package, "mpl-data", "fonts", "ttf", name)
 
 
 def _font(name):
     if name not in _FONTS:
-        import matplotlib
         from matplotlib.ft2font import FT2Font
-        _FONTS[name] = FT2Font(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name))
+        _FONTS[name] = FT2Font(_font_path(name))
     return _FONTS[name]
 
 
@@ -285,6 +296,9 @@ def _round_corners(points, passes=2):
     return points
 
 
+_SEGMENT_STEPS = np.linspace(0, 1, 64)[:, None]  # a segment's dots: 0 = its start, 1 = its end
+
+
 def _hand_lines(char):
     """Centre lines (boolean, forms x variants, canvas, canvas) of the hand-drawn forms of `char`; jitter seeded."""
     rng = np.random.default_rng(ord(char))
@@ -302,17 +316,114 @@ def _hand_lines(char):
             low, high = np.min([s.min(0) for s in strokes], 0), np.max([s.max(0) for s in strokes], 0)
             for points in strokes:
                 points = (points - (low + high) / 2) / (high - low).max() * GLYPH_SIDE + GLYPH_CANVAS / 2
-                for a, b in zip(points[:-1], points[1:]):
-                    t = np.linspace(0, 1, 64)[:, None]
-                    x, y = np.clip(np.round(a + (b - a) * t).astype(int), 0, GLYPH_CANVAS - 1).T
-                    canvas[y, x] = True
+                # 64 dots along each segment, all segments at once (a loop per segment cost seconds)
+                a, b = points[:-1, None], points[1:, None]
+                dots = np.round(a + (b - a) * _SEGMENT_STEPS).astype(int).reshape(-1, 2)
+                x, y = np.clip(dots, 0, GLYPH_CANVAS - 1).T
+                canvas[y, x] = True
             lines.append(canvas)
     return np.stack(lines) if lines else np.zeros((0, GLYPH_CANVAS, GLYPH_CANVAS), dtype=bool)
 
 
+# The distance maps depend on this file, matplotlib's fonts and the libraries' versions, never on
+# a seed, so they are kept on disk: only a first run draws them (seconds for all 47 classes). The
+# cache stores the squared distances, whole numbers that give the maps back bit for bit: it cannot
+# change an image.
+@functools.cache
+def _glyph_cache_key():
+    """A hash of everything the maps depend on; None where that cannot be read (no caching)."""
+    try:
+        digest = hashlib.sha256()
+        # all of this file, not a list of the functions that draw: a helper added later cannot be
+        # left out of the key, and an unrelated edit only costs one redraw
+        with open(__file__, "rb") as f:
+            digest.update(f.read())
+        for package in ("numpy", "scipy", "torch", "matplotlib"):  # matplotlib's wheel has FreeType
+            digest.update(importlib.metadata.version(package).encode())
+        for name in LETTER_FONTS:
+            with open(_font_path(name), "rb") as f:
+                digest.update(f.read())
+    except (OSError, ImportError, AttributeError, TypeError):  # no source, metadata or matplotlib
+        return None
+    return digest.hexdigest()[:16]
+
+
+def _glyph_cache_folder():
+    """$XDG_CACHE_HOME (or ~/.cache)/gan-scripts/glyphs/<key>, or None."""
+    key = _glyph_cache_key()
+    if key is None:
+        return None
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "gan-scripts", "glyphs", key)
+
+
+def _glyph_cache_file(folder, char):
+    return os.path.join(folder, f"{ord(char)}.npz")  # "a" and "A" would be one file name on macOS
+
+
+def _maps_from_squared(squared):
+    # the float64 square root then float32, as distance_transform_edt's maps were made
+    return torch.from_numpy(np.sqrt(squared.astype(np.float64))).float()
+
+
+def _load_glyph_maps(char):
+    """The char's (maps, how many hand-drawn) from the disk cache; None if absent or unreadable."""
+    folder = _glyph_cache_folder()
+    if folder is None:
+        return None
+    try:
+        with np.load(_glyph_cache_file(folder, char), allow_pickle=False) as stored:
+            squared = stored["squared"]
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: draw the glyphs instead
+        return None
+    hand = len(HAND_FORMS.get(char, ())) * HAND_VARIANTS  # as many as _hand_lines draws
+    if squared.dtype != np.uint16 or squared.shape[1:] != (GLYPH_CANVAS, GLYPH_CANVAS):
+        return None
+    if len(squared) <= hand:  # at least one font has every character
+        return None
+    return _maps_from_squared(squared), hand
+
+
+def _save_glyph_maps(char, maps):
+    """Keep the char's maps in the disk cache; silently nothing where the folder is not writable."""
+    folder = _glyph_cache_folder()
+    if folder is None:
+        return
+    squared = np.rint(maps.double().numpy() ** 2)
+    if squared.max() > np.iinfo(np.uint16).max:
+        return
+    squared = squared.astype(np.uint16)
+    if not torch.equal(_maps_from_squared(squared), maps):  # not restored bit for bit: keep no copy
+        return
+    try:
+        first = not os.path.isdir(folder)
+        os.makedirs(folder, exist_ok=True)
+        if first:  # a new key: the old keys' maps will never be read again
+            parent, key = os.path.split(folder)
+            for old in os.listdir(parent):
+                if old != key:
+                    shutil.rmtree(os.path.join(parent, old), ignore_errors=True)
+        handle, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        try:  # written whole, then renamed: a reader never sees half a file
+            with os.fdopen(handle, "wb") as f:
+                np.savez_compressed(f, squared=squared)
+            os.replace(tmp, _glyph_cache_file(folder, char))
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    except OSError:  # read-only, full or not a folder: the next run draws again
+        pass
+
+
 def _glyph_distances(chars):
-    """For each char: distance maps (fonts, canvas, canvas) to its centre line in every font that has it (cached)."""
+    """For each char: (distance maps (glyphs, canvas, canvas) to its centre line in every font that
+    has it, then in its hand-drawn forms; how many are hand-drawn). Kept in memory and on disk."""
     new = [c for c in dict.fromkeys(chars) if c not in _GLYPHS]
+    for c in new:
+        stored = _load_glyph_maps(c)
+        if stored is not None:
+            _GLYPHS[c] = stored
+    new = [c for c in new if c not in _GLYPHS]
     if new:
         from scipy.ndimage import distance_transform_edt
         glyphs = {c: [g for g in (_render_glyph(_font(name), c) for name in LETTER_FONTS) if g is not None] for c in new}
@@ -324,6 +435,7 @@ def _glyph_distances(chars):
         for c, part in zip(new, maps.split([len(glyphs[c]) for c in new])):
             hand = [distance_transform_edt(~line) for line in _hand_lines(c)]
             _GLYPHS[c] = (torch.cat([part, torch.from_numpy(np.stack(hand)).float()]) if hand else part, len(hand))
+            _save_glyph_maps(c, _GLYPHS[c][0])
     return [_GLYPHS[c] for c in chars]
 
 
@@ -721,6 +833,24 @@ def multi_hot(label_lists):
     for i, label_list in enumerate(label_lists):
         labels[i, list(label_list)] = 1.0
     return labels
+
+
+CIFAR_CHARS = "ABCDEFGHIJ"
+CIFAR_COLOURS = torch.tensor([  # one clearly different colour per class
+    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+    [145, 30, 180], [70, 240, 240], [240, 50, 230], [170, 110, 40], [250, 250, 250]], dtype=torch.float32)
+
+
+def coloured_letters(n_per_class, image_size=32, seed=0):
+    """The CIFAR scripts' offline stand-in with 10 classes: letter A-J, drawn in its class's colour on a
+    dark background of random tint. Quick to make; class and colour are learnable. Returns uint8 images
+    (N, 3, S, S), labels (N,) and the class names."""
+    glyphs, labels = letters(list(CIFAR_CHARS), n_per_class, image_size=image_size, seed=seed)
+    ink = glyphs.float() / 255  # (N, 1, S, S): 1 on the stroke, 0 on the background
+    background = torch.rand(len(glyphs), 3, 1, 1, generator=torch.Generator().manual_seed(seed)) * 110
+    foreground = CIFAR_COLOURS[labels].view(-1, 3, 1, 1)
+    images = (background + (foreground - background) * ink).round().clamp(0, 255).to(torch.uint8)
+    return images, labels.long(), list(CIFAR_CHARS)
 
 
 def scenes(n, image_size=64, seed=0):

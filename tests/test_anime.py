@@ -1,6 +1,6 @@
 """cdcgan_anime.py and synthetic.faces: face generator, MLDS tag formats, real loader, wrong tags, losses and
-ablations end to end, generate and its sheets, and the faces judge in evaluate.py (classifier scores, the
-course's face count)."""
+ablations end to end, generate and its sheets, and the faces judge (judges.py; classifier scores, the
+course's face count, evaluate.py's rows)."""
 
 import argparse
 import csv
@@ -11,10 +11,13 @@ import pytest
 import torch
 
 import cdcgan_anime
+import checkpoints
 import common
 import evaluate
+import image_io
+import judges
 import synthetic
-from conftest import assert_clean_error, run_script
+from conftest import assert_clean_error, run_in_process
 
 # The course's testing_tags.txt: five lines each of five tag pairs.
 TESTING_TAGS = "".join(f"{5 * i + j + 1},{pair}\n" for i, pair in enumerate(
@@ -26,7 +29,7 @@ TESTING_TAGS = "".join(f"{5 * i + j + 1},{pair}\n" for i, pair in enumerate(
 def tiny_classifier(tmp_path_factory):
     """A classifier trained for a few steps: scoring only has to run, not to be right."""
     path = str(tmp_path_factory.mktemp("classifier") / "faces.pt")
-    result = evaluate.faces_train_classifier(path, n_faces=256, n_test=132, epochs=1, verbose=False)
+    result = judges.faces_train_classifier(path, n_faces=256, n_test=132, epochs=1, verbose=False)
     return path, result
 
 
@@ -93,8 +96,8 @@ def test_faces_score_per_pair_and_the_judge_tables_of_real_tags(tmp_path, monkey
     def stub_generator(noise, labels):  # paints its tags: a perfect conditional generator
         return labels.float().view(-1, 2, 1, 1).expand(-1, 2, 4, 4)
 
-    scores, per_pair = evaluate.faces_score(stub_generator, (3,), ColourCodeJudge(), "cpu", n_per_pair=2,
-                                            per_pair=True)
+    scores, per_pair = judges.faces_score(stub_generator, (3,), ColourCodeJudge(), "cpu", n_per_pair=2,
+                                          per_pair=True)
     green = cdcgan_anime.HAIR_COLOURS.index("green")
     expected = torch.tensor([0.0 if hair == green else 1.0 for hair in range(12) for _ in range(11)])
     assert torch.equal(per_pair.float(), expected) and scores["both_acc"] == pytest.approx(11 / 12)
@@ -103,7 +106,8 @@ def test_faces_score_per_pair_and_the_judge_tables_of_real_tags(tmp_path, monkey
     # a judge trained on real-format faces keeps per-pair tables: faces per pair, held-out right per pair
     synthetic.write_faces(str(tmp_path / "mlds"), n=300, image_size=32, seed=3)
     path = str(tmp_path / "faces.pt")
-    result = evaluate.faces_train_classifier(path, data_dir=str(tmp_path / "mlds"), epochs=1, verbose=False)
+    real = evaluate.judge_training_data("faces", str(tmp_path / "mlds"), seed=0, verbose=False)
+    result = judges.faces_train_classifier(path, real, epochs=1, verbose=False)
     judge = torch.load(path, weights_only=True)
     _, hair, eyes = synthetic.faces(300, 32, seed=3)
     assert judge["pair_counts"] == torch.bincount(hair * 11 + eyes, minlength=132).tolist()
@@ -111,11 +115,11 @@ def test_faces_score_per_pair_and_the_judge_tables_of_real_tags(tmp_path, monkey
     assert sum(judge["held_out_pair_right"]) == round(result["both_acc"] * 30)
 
     # a checkpoint's row: the course's five pairs and the pairs with enough real faces, each beside its ceiling
-    monkeypatch.setattr(evaluate, "faces_load_classifier", lambda file, device: (ColourCodeJudge(), judge))
-    monkeypatch.setattr(evaluate, "FACES_COMMON_PAIR", 4)
+    monkeypatch.setattr(judges, "faces_load_classifier", lambda file, device: (ColourCodeJudge(), judge))
+    monkeypatch.setattr(judges, "FACES_COMMON_PAIR", 4)
     loaded = type("Loaded", (), {"sample": staticmethod(stub_generator), "noise_shape": (3,), "module": cdcgan_anime,
                                  "args": {}})()
-    row = evaluate.faces_checkpoint_scores(loaded, path, "cpu")
+    row = judges.faces_checkpoint_scores(loaded, path, "cpu")
     assert row["both_acc_report_pairs"] == pytest.approx(3 / 5)  # two of the five pairs have green hair
     common_pairs = [i for i, n in enumerate(judge["pair_counts"]) if n >= 4]
     assert row["both_acc_pairs_4"] == pytest.approx(expected[common_pairs].mean().item())
@@ -160,23 +164,25 @@ def test_bce_ablations_end_to_end_and_scoring(tmp_path, tiny_classifier):
     assert set(ceiling) >= {"hair_acc", "eye_acc", "both_acc"}
     (tmp_path / "testing_tags.txt").write_text(TESTING_TAGS)
     out = tmp_path / "run"
-    run_script("cdcgan_anime.py", "--image-size", "32", "--n-images", "128", "--batch-size", "32", "--epochs", "1",
-               "--soft-labels", "--no-normalize", "--act", "selu", "--ngf", "16", "--ndf", "16",
-               "--tags-file", tmp_path / "testing_tags.txt", "--show", "pink hair aqua eyes", "black hair gray eyes",
-               "--classifier", classifier_path, "--eval-every", "1", "--ema", "0", "--out", out, "--no-progress")
+    proc = run_in_process("cdcgan_anime", "--image-size", "32", "--n-images", "128", "--batch-size", "32", "--epochs", "1",
+                          "--soft-labels", "--no-normalize", "--act", "selu", "--ngf", "16", "--ndf", "16",
+                          "--tags-file", tmp_path / "testing_tags.txt", "--show", "pink hair aqua eyes",
+                          "black hair gray eyes", "--classifier", classifier_path, "--eval-every", "1", "--ema", "0",
+                          "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("config.json", "log.csv", "last.pt", "best.pt", "real.png", "losses.png", "progress.gif",
                  "accuracy.png", "samples/epoch_001.png", "samples/cgan.png"):
         assert (out / name).exists(), name
     with open(out / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert any(row["both_acc"] for row in rows)  # an accuracy row was logged
-    checkpoint = common.load_checkpoint(str(out / "last.pt"), "cdcgan_anime")
+    checkpoint = checkpoints.load_checkpoint(str(out / "last.pt"), "cdcgan_anime")
     assert checkpoint["history"]["scores"]["epoch"] == [1] and "generator_ema" not in checkpoint  # --ema 0: off
     generator = cdcgan_anime.build_generator(checkpoint["args"])
     generator.load_state_dict(checkpoint["generator"])
-    classifier, _ = evaluate.faces_load_classifier(classifier_path, "cpu")
-    scores = evaluate.faces_score(lambda noise, labels: cdcgan_anime.sample(generator, noise, labels), (100,),
-                                  classifier, "cpu", n_per_pair=2)
+    classifier, _ = judges.faces_load_classifier(classifier_path, "cpu")
+    scores = judges.faces_score(lambda noise, labels: cdcgan_anime.sample(generator, noise, labels), (100,),
+                                classifier, "cpu", n_per_pair=2)
     assert scores["n"] == 264 and 0 <= scores["both_acc"] <= min(scores["hair_acc"], scores["eye_acc"]) <= 1
     images = cdcgan_anime.sample(generator, torch.randn(4, 100), torch.tensor([[0, 0], [1, 1], [2, 2], [3, 3]]))
     assert images.min() >= -1 and images.max() <= 1  # --no-normalize samples mapped back to [-1, 1]
@@ -191,7 +197,7 @@ def test_generate_grid_pngs_sheets_and_interpolation(tmp_path):
     out = tmp_path / "run"
     cdcgan_anime.main(["--image-size", "32", "--n-images", "32", "--batch-size", "16", "--max-steps", "2", "--ngf", "8",
                        "--ndf", "8", "--ema", "0.9", "--out", str(out), "--no-progress"])
-    assert "generator_ema" in common.load_checkpoint(str(out / "last.pt"))
+    assert "generator_ema" in checkpoints.load_checkpoint(str(out / "last.pt"))
     grid = tmp_path / "gen" / "faces.png"
     cdcgan_anime.main(["--generate", "3", "--checkpoint", str(out / "last.pt"), "--grid-out", str(grid),
                        "--png-dir", str(tmp_path / "pngs"), "--interpolate", "--tags-file", str(tmp_path / "testing_tags.txt"),
@@ -217,7 +223,7 @@ def test_samples_use_standing_statistics_not_their_batch(tmp_path):
     out = tmp_path / "run"
     cdcgan_anime.main(["--image-size", "32", "--n-images", "32", "--batch-size", "16", "--max-steps", "3", "--ngf", "8",
                        "--ndf", "8", "--ema", "0.9", "--out", str(out), "--no-progress"])
-    checkpoint = common.load_checkpoint(str(out / "last.pt"))
+    checkpoint = checkpoints.load_checkpoint(str(out / "last.pt"))
     loaded = evaluate.LoadedCheckpoint(str(out / "last.pt"), torch.device("cpu"))
     for name, saved in checkpoint["generator_ema"].items():  # the same statistics, recomputed on loading
         assert torch.equal(loaded.generator.state_dict()[name], saved), name
@@ -247,14 +253,14 @@ def test_wgan_losses_and_ablations_end_to_end(tmp_path):
                        "--batch-size", "16", "--max-steps", "2", "--ngf", "16", "--ndf", "16",
                        "--out", str(tmp_path / "clip"), "--no-progress"])
     for run in ("gp", "clip"):
-        checkpoint = common.load_checkpoint(str(tmp_path / run / "last.pt"), "cdcgan_anime")
+        checkpoint = checkpoints.load_checkpoint(str(tmp_path / run / "last.pt"), "cdcgan_anime")
         assert checkpoint["step"] == 2
-    clip_checkpoint = common.load_checkpoint(str(tmp_path / "clip" / "last.pt"))
+    clip_checkpoint = checkpoints.load_checkpoint(str(tmp_path / "clip" / "last.pt"))
     critic_weights = torch.cat([v.flatten() for v in clip_checkpoint["discriminator"].values()])
     assert critic_weights.abs().max() <= 0.02 + 1e-6  # weight clipping happened
     assert not any("embedding" in k for k in clip_checkpoint["generator"])  # unconditional: no tags
     # --n-critic 2: the generator moved at step 2 only (critic-only step 1 leaves its Adam state empty at step 1)
-    gp_checkpoint = common.load_checkpoint(str(tmp_path / "gp" / "last.pt"))
+    gp_checkpoint = checkpoints.load_checkpoint(str(tmp_path / "gp" / "last.pt"))
     assert gp_checkpoint["optimizers"]["generator"]["state"][0]["step"] == 1
     assert gp_checkpoint["optimizers"]["discriminator"]["state"][0]["step"] == 2
 
@@ -295,7 +301,7 @@ def test_aux_colour_head_reads_the_image_alone_learns_real_faces_and_trains_the_
     with open(out / "log.csv", newline="") as f:
         colour_losses = [float(row["colour_loss_real"]) for row in csv.DictReader(f)]
     assert colour_losses[-1] < 0.8 * colour_losses[0], colour_losses
-    checkpoint = common.load_checkpoint(str(out / "last.pt"), "cdcgan_anime")
+    checkpoint = checkpoints.load_checkpoint(str(out / "last.pt"), "cdcgan_anime")
     assert checkpoint["args"]["aux_weight"] == 1
     assert any(k.startswith("classifier.") for k in checkpoint["discriminator"])
 
@@ -311,7 +317,7 @@ def test_gradient_penalty_is_zero_for_unit_slope_critic():
 
 
 def test_bad_input_messages(tmp_path, capsys):
-    proc = run_script("cdcgan_anime.py", "--show", "silver hair blue eyes", check=False)
+    proc = run_in_process("cdcgan_anime", "--show", "silver hair blue eyes", "--out", tmp_path / "silver")
     assert_clean_error(proc, "silver", "hair")
     folder = tmp_path / "extra_data"
     synthetic.write_faces(str(folder), n=4, image_size=32, seed=0)
@@ -354,12 +360,12 @@ def test_face_count_on_sheets(shared_data, tmp_path):
     cascade = os.path.join(shared_data, "lbpcascade_animeface.xml")
     if not os.path.isfile(cascade):
         pytest.skip("lbpcascade_animeface.xml not in ../shared/data")
-    assert evaluate.faces_count(torch.zeros(25, 3, 64, 64), cascade) == 0
+    assert judges.faces_count(torch.zeros(25, 3, 64, 64), cascade) == 0
     images, _, _ = synthetic.faces(25, 32, seed=1)
-    sheet = common.save_grid(images.float() / 127.5 - 1, str(tmp_path / "cgan.png"), nrow=5)
-    assert evaluate.faces_count(sheet, cascade) >= 15  # the cartoon faces look like faces to the cascade too
+    sheet = image_io.save_grid(images.float() / 127.5 - 1, str(tmp_path / "cgan.png"), nrow=5)
+    assert judges.faces_count(sheet, cascade) >= 15  # the cartoon faces look like faces to the cascade too
     with pytest.raises(common.UserError, match="cascade"):
-        evaluate.faces_count(sheet, str(tmp_path / "missing.xml"))
+        judges.faces_count(sheet, str(tmp_path / "missing.xml"))
     # the two ways to run the course's check on a checkpoint: generate's cgan.png, and evaluate.py --face-count
     (tmp_path / "testing_tags.txt").write_text(TESTING_TAGS)
     cdcgan_anime.main(["--image-size", "32", "--n-images", "16", "--batch-size", "8", "--max-steps", "1", "--ngf", "8",
@@ -383,7 +389,7 @@ def test_face_count_draws_the_course_test_pairs(tmp_path, monkeypatch):
         drawn.setdefault("labels", labels.cpu())
         return real_sample(generator, noise, labels)
     monkeypatch.setattr(cdcgan_anime, "sample", recording_sample)
-    monkeypatch.setattr(evaluate, "faces_count", lambda images, cascade: drawn.update(images=images) or 7)
+    monkeypatch.setattr(judges, "faces_count", lambda images, cascade: drawn.update(images=images) or 7)
     loaded = evaluate.LoadedCheckpoint(str(tmp_path / "run" / "last.pt"), torch.device("cpu"))
     args = type("Args", (), {"seed": 0, "cascade": "unused.xml"})()
     assert evaluate.face_count(loaded, args) == 7 and drawn["images"].shape == (25, 3, 32, 32)

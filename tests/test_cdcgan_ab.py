@@ -1,59 +1,22 @@
-"""cdcgan_ab.py: end-to-end runs on tiny data, resume, label conditioning, --generate, the course's folder layout."""
+"""cdcgan_ab.py: the run folder, label conditioning, --generate, the course's folder layout, EMNIST. Exact resume,
+budgets and settings kept on resume are tested for all seven scripts in test_runs.py."""
 
-import contextlib
-import csv
-import io
 import os
-import subprocess
 
 import pytest
 import torch
 
 import cdcgan_ab
-import common
+import checkpoints
+import image_io
 import synthetic
-from conftest import assert_clean_error, run_script
-
-# 2 x 48 images in batches of 16: 6 steps an epoch, so steps 2 and 4 stop mid-epoch.
-# One thread: these models are tiny, and two threads on cores shared with other jobs ran 10x slower here.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-TINY = ["--n-per-class", "48", "--batch-size", "16", "--ngf", "8", "--ndf", "8", "--log-every", "1",
-        "--device", "cpu", "--no-progress"]
+from conftest import assert_clean_error, run_in_process
 
 
-def read_log_steps(run_dir):
-    with open(os.path.join(run_dir, "log.csv"), newline="") as f:
-        return [int(row["step"]) for row in csv.DictReader(f)]
-
-
-def run_in_process(*argv):
-    """cdcgan_ab's command line in this process (no second torch import, one thread), through the same
-    common.run_main as `python cdcgan_ab.py`: a CompletedProcess, as run_script gives."""
-    stdout, stderr, status, threads = io.StringIO(), io.StringIO(), 0, torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            common.run_main(cdcgan_ab.main, [str(a) for a in argv])
-    except SystemExit as e:
-        status = e.code
-    finally:
-        torch.set_num_threads(threads)
-    return subprocess.CompletedProcess(["cdcgan_ab.py", *argv], status, stdout.getvalue(), stderr.getvalue())
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Train 2 steps (a subprocess, end to end), then --resume auto up to step 4 (in this process, to save time);
-    keep what the first run left for the resume test, and a straight 4-step run to compare with."""
-    out = str(tmp_path_factory.mktemp("cdcgan_ab") / "run")
-    straight = str(tmp_path_factory.mktemp("cdcgan_ab") / "straight")
-    run_script("cdcgan_ab.py", *TINY, "--max-steps", "2", "--out", out, env=ONE_THREAD)
-    first = {"step": common.load_checkpoint(os.path.join(out, "last.pt"), "cdcgan_ab")["step"],
-             "log_steps": read_log_steps(out)}
-    resumed = run_in_process(*TINY, "--max-steps", "4", "--resume", "auto", "--out", out)
-    assert resumed.returncode == 0, resumed.stderr
-    assert run_in_process(*TINY, "--max-steps", "4", "--out", straight).returncode == 0
-    return {"out": out, "first": first, "resumed": resumed, "straight": straight}
+@pytest.fixture
+def run(shared_runs):
+    """The shared 1-epoch run of cdcgan_ab (conftest: 2 x 16 images, --ngf 8, 4 steps)."""
+    return {"out": shared_runs.finished("cdcgan_ab")}
 
 
 def test_run_folder_and_checkpoint(run):
@@ -61,28 +24,14 @@ def test_run_folder_and_checkpoint(run):
     for name in ("config.json", "real.png", "log.csv", "progress.gif", "losses.png", "last.pt"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert os.listdir(os.path.join(out, "samples")), "no sample grid written"
-    checkpoint = common.load_checkpoint(os.path.join(out, "last.pt"), "cdcgan_ab")  # weights_only=True
+    checkpoint = checkpoints.load_checkpoint(os.path.join(out, "last.pt"), "cdcgan_ab")  # weights_only=True
     assert checkpoint["args"]["chars"] == checkpoint["class_names"] == ["A", "B"]
     assert set(checkpoint) >= {"generator", "discriminator", "optimizers", "rng", "history", "fixed_noise", "fixed_labels"}
     assert checkpoint["fixed_labels"].tolist() == [0] * 8 + [1] * 8  # one row of the grid per class
 
 
-def test_resume_continues_from_saved_step(run):
-    assert run["first"]["step"] == 2 and run["first"]["log_steps"] == [1, 2]
-    assert "error" not in run["resumed"].stderr
-    assert common.load_checkpoint(os.path.join(run["out"], "last.pt"), "cdcgan_ab")["step"] == 4
-    assert read_log_steps(run["out"]) == [1, 2, 3, 4]
-    # Exact: 2 steps, stop, 2 more == 4 steps in one go (same weights, same logged losses).
-    resumed, straight = (common.load_checkpoint(os.path.join(folder, "last.pt"), "cdcgan_ab")
-                         for folder in (run["out"], run["straight"]))
-    for key, value in straight["generator"].items():
-        assert torch.equal(value, resumed["generator"][key]), key
-    with open(os.path.join(run["out"], "log.csv")) as a, open(os.path.join(run["straight"], "log.csv")) as b:
-        assert [r["loss_g"] for r in csv.DictReader(a)] == [r["loss_g"] for r in csv.DictReader(b)]
-
-
 def test_generator_output_depends_on_label(run):
-    checkpoint = common.load_checkpoint(os.path.join(run["out"], "last.pt"), "cdcgan_ab")
+    checkpoint = checkpoints.load_checkpoint(os.path.join(run["out"], "last.pt"), "cdcgan_ab")
     generator = cdcgan_ab.build_generator(checkpoint["args"])
     generator.load_state_dict(checkpoint["generator"])
     noise = torch.randn(4, checkpoint["args"]["nz"], 1, 1, generator=torch.Generator().manual_seed(1))
@@ -101,8 +50,8 @@ def test_generate_writes_one_row_per_class(run, tmp_path, capsys):
     cdcgan_ab.main(["--generate", "3", "--checkpoint", os.path.join(run["out"], "last.pt"), "--grid-out", grid,
                     "--device", "cpu", "--png-dir", str(tmp_path / "pngs"), "--interpolate"])
     assert "3 samples of each of A B" in capsys.readouterr().out
-    # The layout of 2 rows (A, B) of 3 with their labels, as common.save_grid draws it.
-    expected = common.save_grid(torch.zeros(6, 1, 32, 32), str(tmp_path / "layout.png"), nrow=3, row_labels=["A", "B"])
+    # The layout of 2 rows (A, B) of 3 with their labels, as image_io.save_grid draws it.
+    expected = image_io.save_grid(torch.zeros(6, 1, 32, 32), str(tmp_path / "layout.png"), nrow=3, row_labels=["A", "B"])
     with Image.open(grid) as picture, Image.open(expected) as layout:
         assert picture.size == layout.size
     assert len(os.listdir(tmp_path / "pngs")) == 6
@@ -112,7 +61,7 @@ def test_generate_writes_one_row_per_class(run, tmp_path, capsys):
 
 def test_class_interpolation_blends_the_label_input(run):
     """--interpolate's class sheet feeds the label branch a blend of one-hots: its ends are the two classes."""
-    checkpoint = common.load_checkpoint(os.path.join(run["out"], "last.pt"), "cdcgan_ab")
+    checkpoint = checkpoints.load_checkpoint(os.path.join(run["out"], "last.pt"), "cdcgan_ab")
     generator = cdcgan_ab.build_generator(checkpoint["args"])
     generator.load_state_dict(checkpoint["generator"])
     noise = torch.randn(4, checkpoint["args"]["nz"], 1, 1, generator=torch.Generator().manual_seed(2))
@@ -121,15 +70,6 @@ def test_class_interpolation_blends_the_label_input(run):
     assert torch.allclose(as_indices, as_weights, atol=1e-6)
     halfway = cdcgan_ab.sample(generator, noise, torch.full((4, 2), 0.5))
     assert not torch.allclose(halfway, as_indices, atol=1e-4)
-
-
-def test_resume_keeps_the_run_settings(run, tmp_path):
-    """A resumed run takes the settings left out from its checkpoint and refuses a typed different class list."""
-    finished = run_in_process("--max-steps", "4", "--resume", "auto", "--out", run["out"], "--device", "cpu")
-    # --ngf 8, --n-per-class 48 ... come from last.pt (the defaults would not fit its weights): it is finished.
-    assert finished.returncode == 0 and "this run is finished (step 4)" in finished.stderr, finished.stderr
-    other = run_in_process(*TINY, "--chars", "A", "C", "--max-steps", "6", "--resume", "auto", "--out", run["out"])
-    assert_clean_error(other, "error:", "--chars", "differs")
 
 
 def test_folder_loader_reads_course_files(shared_data):
@@ -175,7 +115,7 @@ def test_emnist_offline_is_one_clear_message(monkeypatch, tmp_path):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torchvision.datasets, "EMNIST", offline)
-    proc = run_in_process("--data", "emnist", "--data-dir", tmp_path / "data", "--out", tmp_path / "run")
+    proc = run_in_process("cdcgan_ab", "--data", "emnist", "--data-dir", tmp_path / "data", "--out", tmp_path / "run")
     assert_clean_error(proc, "error:", "EMNIST", "could not be downloaded")
     assert not (tmp_path / "run").exists()
 
@@ -192,15 +132,6 @@ def test_missing_class_folder_is_a_clean_error(tmp_path):
     os.makedirs(tmp_path / "data" / "Train" / "10")  # A is there, B's folder 11 is not
     Image.new("L", (28, 28)).save(tmp_path / "data" / "Train" / "10" / "0.jpeg", format="PNG")
     out = tmp_path / "run"
-    proc = run_in_process("--data", "folder", "--data-dir", tmp_path / "data", "--out", out)
+    proc = run_in_process("cdcgan_ab", "--data", "folder", "--data-dir", tmp_path / "data", "--out", out)
     assert_clean_error(proc, "error:", "11", "does not exist")
-    assert not out.exists()
-
-
-def test_checkpoint_of_another_script_is_refused(tmp_path):
-    foreign = str(tmp_path / "foreign.pt")
-    common.save_checkpoint(foreign, {"format": common.CHECKPOINT_FORMAT, "script": "dcgan_letters", "args": {}})
-    out = tmp_path / "run"
-    proc = run_in_process(*TINY, "--resume", foreign, "--out", out)
-    assert_clean_error(proc, "error:", "dcgan_letters.py")
     assert not out.exists()

@@ -1,5 +1,6 @@
 """CIFAR-10 trio (dcgan_cifar, acgan_cifar, wgan_gp_cifar): data loading, models, losses, end-to-end runs,
-exact resume, --generate, --eval-every, and a copy of a script with another loss.
+--generate, --eval-every, and a copy of a script with another loss. Exact resume, budgets and --generate's
+output checks are tested for all seven scripts in test_runs.py.
 
 The real CIFAR-10 cannot be downloaded in CI, so a tiny fake one is written in the official format
 (cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta: Python-2-style pickles of numpy arrays)
@@ -8,6 +9,7 @@ message is provoked with a proxy on a closed local port.
 """
 
 import csv
+import importlib
 import os
 import pickle
 import re
@@ -20,25 +22,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import REPO, assert_clean_error, run_script
+from conftest import REPO, assert_clean_error, run_in_process
 
 import acgan_cifar
 import common
 import dcgan_cifar
+import image_io
+import synthetic
 import wgan_gp_cifar
 
 SCRIPTS = {"dcgan_cifar": dcgan_cifar, "acgan_cifar": acgan_cifar, "wgan_gp_cifar": wgan_gp_cifar}
 PER_BATCH = 8  # images per fake batch file: 5 x 8 = 40 training images
-# These models are tiny: one thread is fastest, and on a busy machine a second OpenMP thread spin-waits.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def pickle_like_cifar(obj):
@@ -63,7 +57,7 @@ def write_fake_cifar10(root, per_batch=PER_BATCH, seed=0):
                  "filenames": [f"fake_{b}_{i}.png" for i in range(per_batch)]}
         with open(os.path.join(folder, name), "wb") as f:
             f.write(pickle_like_cifar(entry))
-    meta = {"num_cases_per_batch": per_batch, "label_names": list(dcgan_cifar.CIFAR10_CLASSES), "num_vis": 3072}
+    meta = {"num_cases_per_batch": per_batch, "label_names": list(image_io.CIFAR10_CLASSES), "num_vis": 3072}
     with open(os.path.join(folder, "batches.meta"), "wb") as f:
         f.write(pickle_like_cifar(meta))
     return root
@@ -81,7 +75,7 @@ TINY = ["--batch-size", "8", "--ngf", "8", "--ndf", "8", "--no-progress", "--log
 # Data
 # ---------------------------------------------------------------------------
 def test_fake_cifar_is_read_through_the_real_loader(fake_cifar):
-    images, labels = dcgan_cifar.load_cifar10(fake_cifar)
+    images, labels = image_io.load_cifar10(fake_cifar)
     assert images.dtype == torch.uint8 and images.shape == (5 * PER_BATCH, 3, 32, 32)
     with open(os.path.join(fake_cifar, "cifar-10-batches-py", "data_batch_2"), "rb") as f:
         entry = pickle.load(f, encoding="latin1")
@@ -89,11 +83,17 @@ def test_fake_cifar_is_read_through_the_real_loader(fake_cifar):
     # Row-major 3072 bytes = the red plane, then green, then blue, each 32 x 32.
     assert torch.equal(images[PER_BATCH], first.view(3, 32, 32))
     assert labels[PER_BATCH:2 * PER_BATCH].tolist() == entry["labels"]
-    # 64 px: the same pictures, resized once to the training size.
+    # 64 px: the pictures are kept at 32 px (a quarter of the memory) and the loader resizes each batch, to the
+    # values a resize of the whole set would have stored.
     args = acgan_cifar.parse_args(["--data-dir", fake_cifar, "--image-size", "64"])
-    big, big_labels, names = acgan_cifar.load_data(args)
-    assert big.shape == (5 * PER_BATCH, 3, 64, 64) and torch.equal(big_labels, labels)
+    kept, kept_labels, names = acgan_cifar.load_data(args)
+    assert torch.equal(kept, images) and torch.equal(kept_labels, labels)
     assert names[0] == "airplane" and len(names) == 10
+    loader = image_io.DeviceLoader(kept, kept_labels, 8, normalize=False, image_size=64)
+    batch, _ = loader.batch(0)
+    assert batch.shape == (8, 3, 64, 64)
+    resized = (loader.to_float(kept) * 255).round().to(torch.uint8)
+    assert torch.equal(resized, image_io.to_uint8_images(images, 64, 3))
 
 
 def test_corrupt_or_tampered_batch_fails_with_one_clear_message(fake_cifar, tmp_path):
@@ -101,8 +101,8 @@ def test_corrupt_or_tampered_batch_fails_with_one_clear_message(fake_cifar, tmp_
     batch = os.path.join(root, "cifar-10-batches-py", "data_batch_3")
     with open(batch, "r+b") as f:
         f.truncate(200)
-    with pytest.raises(dcgan_cifar.common.UserError, match="data_batch_3 is not a readable CIFAR-10 batch"):
-        dcgan_cifar.load_cifar10(root)
+    with pytest.raises(common.UserError, match="data_batch_3 is not a readable CIFAR-10 batch"):
+        image_io.load_cifar10(root)
 
     class RunsCode:
         def __reduce__(self):
@@ -110,19 +110,20 @@ def test_corrupt_or_tampered_batch_fails_with_one_clear_message(fake_cifar, tmp_
 
     with open(batch, "wb") as f:
         pickle.dump({"data": RunsCode(), "labels": [0]}, f, protocol=2)
-    with pytest.raises(dcgan_cifar.common.UserError, match="unexpected object"):
-        wgan_gp_cifar.load_cifar10(root)
+    with pytest.raises(common.UserError, match="unexpected object"):
+        image_io.load_cifar10(root)
     assert not (tmp_path / "pwned").exists()
 
 
-def test_missing_cifar_offline_gives_one_clear_line(tmp_path):
-    """The real command path: torchvision tries to download and cannot (a proxy on a closed local port
+def test_missing_cifar_offline_gives_one_clear_line(tmp_path, monkeypatch):
+    """The command line's path: torchvision tries to download and cannot (a proxy on a closed local port
     stands in for 'offline', so the test never reaches the network); nothing is written to --out."""
     out = tmp_path / "run"
     closed = "http://127.0.0.1:9"
-    proc = run_script("dcgan_cifar.py", "--data-dir", tmp_path / "data", "--out", out, check=False,
-                      env={"http_proxy": closed, "https_proxy": closed, "HTTPS_PROXY": closed, "HTTP_PROXY": closed,
-                           "no_proxy": "", "NO_PROXY": "", **ONE_THREAD})
+    for name, value in {"http_proxy": closed, "https_proxy": closed, "HTTPS_PROXY": closed, "HTTP_PROXY": closed,
+                        "no_proxy": "", "NO_PROXY": ""}.items():
+        monkeypatch.setenv(name, value)
+    proc = run_in_process("dcgan_cifar", "--data-dir", tmp_path / "data", "--out", out)
     assert_clean_error(proc, "cifar-10-python.tar.gz", "cs.toronto.edu/~kriz/cifar.html",
                        str(tmp_path / "data" / "cifar-10-batches-py"))
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -136,16 +137,16 @@ def test_image_folder_and_synthetic_data(tmp_path):
         (tmp_path / c).mkdir()
         for i in range(3):
             Image.new("RGB", (48 + 8 * i, 40), colour).save(tmp_path / c / f"{i}.png")
-    images, labels, names = dcgan_cifar.load_image_folder(str(tmp_path), 32)
+    images, labels, names = image_io.load_image_folder(str(tmp_path), 32)
     assert images.shape == (6, 3, 32, 32) and names == ["cats", "dogs"] and labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert images[0, 0].float().mean() > 150 and images[5, 2].float().mean() > 150  # red cats, blue dogs
     (tmp_path / "dogs" / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(dcgan_cifar.common.UserError, match="broken.jpg"):
-        dcgan_cifar.load_image_folder(str(tmp_path), 32)
-    with pytest.raises(dcgan_cifar.common.UserError, match="not found"):
-        dcgan_cifar.load_image_folder(str(tmp_path / "nowhere"), 32)
+    with pytest.raises(common.UserError, match="broken.jpg"):
+        image_io.load_image_folder(str(tmp_path), 32)
+    with pytest.raises(common.UserError, match="not found"):
+        image_io.load_image_folder(str(tmp_path / "nowhere"), 32)
 
-    images, labels, names = acgan_cifar.load_synthetic(6, 32, seed=1)
+    images, labels, names = synthetic.coloured_letters(6, 32, seed=1)  # the trio's --data synthetic
     assert images.shape == (60, 3, 32, 32) and images.dtype == torch.uint8 and len(names) == 10
     assert torch.bincount(labels).tolist() == [6] * 10
     # Each class has its own colour: the brightest pixels of class 0 and class 1 differ in hue.
@@ -197,20 +198,10 @@ def count_layers(module, kinds):
 
 
 def build(script, args):
-    """The networks and optimizers of a script, made as its train() makes them (on the CPU)."""
-    module, device = SCRIPTS[script], torch.device("cpu")
+    """The networks and optimizers of a script, made by its own build() as its train() makes them (on the CPU)."""
     if script == "acgan_cifar":
-        args.num_classes, args.class_names = 10, list(module.CIFAR10_CLASSES)  # train() takes them from the data
-        generator, other = module.build_generator(vars(args)), module.Discriminator(args.ndf, args.image_size, 10)
-    elif script == "wgan_gp_cifar":
-        generator = module.Generator(args.nz, args.ngf, args.image_size)
-        other = module.Critic(args.ndf, args.image_size, args.critic_norm)
-    else:
-        generator, other = module.Generator(args.nz, args.ngf, args.image_size), module.Discriminator(args.ndf, args.image_size)
-    models = {"generator": generator.apply(common.dcgan_init),
-              "critic" if script == "wgan_gp_cifar" else "discriminator": other.apply(common.dcgan_init)}
-    optimizers = {name: common.adam(m.parameters(), args.lr, (args.beta1, args.beta2), device) for name, m in models.items()}
-    return models, optimizers
+        args.num_classes, args.class_names = 10, list(image_io.CIFAR10_CLASSES)  # train() takes them from the data
+    return SCRIPTS[script].build(args, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("size, blocks", [(32, 4), (64, 5)])
@@ -308,17 +299,23 @@ def test_acgan_class_loss_falls_on_a_separable_batch():
         with torch.no_grad():
             return acgan_cifar.class_loss(models["discriminator"](images)[1], labels).item()
 
+    def accuracy_now():
+        with torch.no_grad():
+            return (models["discriminator"](images)[1].argmax(1) == labels).float().mean().item()
+
     before = class_loss_now()
-    for _ in range(15):
+    for _ in range(30):
         losses = acgan_cifar.train_step(models, optimizers, {"images": images, "labels": labels}, args)
     assert class_loss_now() < 0.5 * before
-    assert losses["acc_real"].item() == 1.0
+    assert accuracy_now() == 1.0 and losses["acc_real"].item() >= 0.9
 
 
-def test_acgan_generator_blends_class_embeddings():
+@pytest.mark.parametrize("class_input", ["multiply", "concat"])
+def test_acgan_generator_blends_class_embeddings(class_input):
     """Class weights (one-hot rows) give the same images as class indices; a 50/50 blend feeds the mean of the two
-    class embeddings (what --generate --interpolate's class sheet walks along)."""
-    args = acgan_cifar.parse_args(["--image-size", "32", "--ngf", "8", "--embed-dim", "4"])
+    class embeddings (what --generate --interpolate's class sheet walks along), times the noise or after it."""
+    args = acgan_cifar.parse_args(["--image-size", "32", "--ngf", "8", "--embed-dim", "4",
+                                   "--class-input", class_input])
     generator = build("acgan_cifar", args)[0]["generator"]
     noise, labels = torch.randn(4, args.nz, 1, 1), torch.tensor([0, 3, 3, 9])
     one_hot = nn.functional.one_hot(labels, 10).float()
@@ -330,7 +327,34 @@ def test_acgan_generator_blends_class_embeddings():
     handle = generator.net.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].flatten(1)))
     acgan_cifar.sample(generator, noise[:1], half)
     handle.remove()
-    assert torch.allclose(seen[0][0, args.nz:], (table[2] + table[7]) / 2)
+    blend = (table[2] + table[7]) / 2
+    if class_input == "multiply":
+        assert table.shape == (10, args.nz) and torch.allclose(seen[0][0], noise[0].flatten() * blend)
+    else:
+        assert table.shape == (10, 4) and torch.allclose(seen[0][0], torch.cat([noise[0].flatten(), blend]))
+
+
+# Issue 26: joined to the noise, the class embedding let every class collapse to one picture within an
+# epoch on real CIFAR-10, with or without the class loss. On the coloured-letter stand-in the same happens
+# in 500 steps: the samples of one class from 200 noise vectors measured 0.15-0.17 of the real images'
+# within-class spread with --class-input concat, 0.49-0.67 with the default (seeds 0-2).
+@pytest.mark.parametrize("class_input", ["multiply", pytest.param("concat", marks=pytest.mark.xfail(
+    strict=True, reason="the collapsing class input: the test must catch it"))])
+def test_acgan_classes_keep_their_variety_on_the_stand_in(class_input, tmp_path):
+    out = tmp_path / "run"
+    acgan_cifar.main(["--data", "synthetic", "--n-per-class", "100", "--image-size", "32", "--ngf", "16",
+                      "--ndf", "16", "--batch-size", "32", "--max-steps", "500", "--epochs", "1000",
+                      "--class-input", class_input, "--sample-every", "1000", "--save-every", "1000",
+                      "--no-progress", "--device", "cpu", "--out", str(out)])
+    checkpoint = torch.load(out / "last.pt", weights_only=True)
+    generator = acgan_cifar.build_generator(checkpoint["args"])
+    generator.load_state_dict(checkpoint["generator_ema"])
+    labels = torch.arange(200) % 10
+    noise = torch.randn(200, 100, 1, 1, generator=torch.Generator().manual_seed(1))
+    spread = common.mean_pairwise_distance(acgan_cifar.sample(generator, noise, labels), labels)
+    real_images, real_labels, _ = synthetic.coloured_letters(100, 32, seed=0)
+    real_spread = common.mean_pairwise_distance(real_images.float() / 127.5 - 1, real_labels)
+    assert 0.3 * real_spread < spread < real_spread
 
 
 def test_acgan_epoch_accuracy_weights_each_row_by_its_steps():
@@ -340,31 +364,19 @@ def test_acgan_epoch_accuracy_weights_each_row_by_its_steps():
     assert series == {"real images": ([1], [0.25]), "generated images": ([1], [0.75])}
 
 
-def test_ema_follows_the_generator_with_warm_up():
-    generator = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    ema = dcgan_cifar.copy.deepcopy(generator)
-    with torch.no_grad():
-        for p in generator.parameters():
-            p.add_(1.0)
-        generator[1].running_mean.fill_(3.0)
-    common.update_ema(ema, generator, decay=0.999, step=0)  # warm-up decay min(0.999, 1/10) = 0.1
-    assert torch.allclose(ema[0].bias, generator[0].bias - 0.1)
-    assert torch.equal(ema[1].running_mean, generator[1].running_mean)
-    before = ema[0].bias.clone()
-    common.update_ema(ema, generator, decay=0.999, step=10**6)  # late: decay 0.999
-    assert torch.allclose(ema[0].bias, before + 0.001 * (generator[0].bias - before))
-
-
 # ---------------------------------------------------------------------------
 # End to end
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("size", [32, 64])
-@pytest.mark.parametrize("script", list(SCRIPTS))
+# each script once, both sizes among them (every network at both sizes: test_shapes_and_block_counts_for_both_image_sizes)
+@pytest.mark.parametrize("script, size", [("dcgan_cifar", 32), ("acgan_cifar", 64), ("wgan_gp_cifar", 64)])
 def test_end_to_end_on_fake_cifar_then_generate(script, size, fake_cifar, tmp_path):
+    """The official batch format read, trained for 2 epochs, every file of the run folder, the checkpoint rebuilt,
+    the script's own log columns, then --generate with its grid, PNGs and interpolation sheets."""
     out = tmp_path / "run"
     extra = ["--n-critic", "2"] if script == "wgan_gp_cifar" else []
-    proc = run_script(f"{script}.py", "--data-dir", fake_cifar, "--image-size", size, "--epochs", "2", "--sample-every", "1",
-               "--save-every", "1", "--out", out, *TINY, *extra, env=ONE_THREAD)
+    proc = run_in_process(script, "--data-dir", fake_cifar, "--image-size", size, "--epochs", "2", "--sample-every", "1",
+                          "--save-every", "1", "--out", out, *TINY, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("config.json", "log.csv", "losses.png", "progress.gif", "real.png", "last.pt", "epoch_001.pt",
                  "epoch_002.pt", "samples/epoch_001.png", "samples/epoch_002.png"):
         assert (out / name).exists(), name
@@ -398,54 +410,11 @@ RESUME_EXTRA = {"wgan_gp_cifar": ["--n-critic", "1"]}  # 5 steps per epoch, as t
 
 
 @pytest.mark.parametrize("script", list(SCRIPTS))
-def test_resume_continues_exactly(script, fake_cifar, tmp_path, capsys):
-    """K + M steps in one go == K steps, stop mid-epoch, --resume auto for M more (deterministic CPU), EMA included.
-    The resumed run keeps its settings, and a finished run says so instead of training."""
-    module = SCRIPTS[script]
-    argv = ["--data-dir", fake_cifar, "--image-size", "32", "--deterministic", "--epochs", "2", "--device", "cpu",
-            *TINY, *RESUME_EXTRA.get(script, [])]
-    module.main([*argv, "--out", str(tmp_path / "straight"), "--max-steps", "7"])
-    module.main([*argv, "--out", str(tmp_path / "split"), "--max-steps", "3"])
-    with pytest.raises(common.UserError, match="keeps its settings"):
-        module.main([*argv, "--out", str(tmp_path / "split"), "--max-steps", "7", "--resume", "auto", "--lr", "0.1"])
-    module.main([*argv, "--out", str(tmp_path / "split"), "--max-steps", "7", "--resume", "auto"])
-    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
-    split = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
-    assert split["step"] == straight["step"] == 7 and split["epoch"] == straight["epoch"] == 2
-    critic = "critic" if script == "wgan_gp_cifar" else "discriminator"
-    for part in ("generator", "generator_ema", critic):
-        for key, value in straight[part].items():
-            assert torch.equal(value, split[part][key]), (part, key)
-    for name, state in straight["optimizers"].items():
-        for index, values in state["state"].items():
-            assert all(torch.equal(v, split["optimizers"][name]["state"][index][k]) for k, v in values.items())
-    assert split["history"] == straight["history"]  # every logged value (ACGAN: the class accuracies too)
-    capsys.readouterr()
-    module.main([*argv, "--out", str(tmp_path / "split"), "--max-steps", "7", "--resume", "auto"])
-    assert "this run is finished (step 7)" in capsys.readouterr().err
-    assert torch.load(tmp_path / "split" / "last.pt", weights_only=True)["step"] == 7
-
-
-def test_max_minutes_ends_the_run(fake_cifar, tmp_path, capsys):
-    """--max-minutes is a budget of training time: the run stops after the step that spends it, finished. Resumed
-    with the same budget it has nothing left to do; without one (a budget may change on resume) it goes on."""
-    argv = ["--data-dir", fake_cifar, "--image-size", "32", "--device", "cpu", "--n-critic", "1", "--epochs", "1",
-            *TINY, "--out", str(tmp_path / "run")]
-    wgan_gp_cifar.main([*argv, "--max-minutes", "1e-9"])
-    checkpoint = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert checkpoint["step"] == 1 and checkpoint["finished"]
-    wgan_gp_cifar.main([*argv, "--max-minutes", "1e-9", "--resume", "auto"])
-    assert "this run is finished (step 1)" in capsys.readouterr().err
-    wgan_gp_cifar.main([*argv, "--resume", "auto"])
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 5
-
-
-@pytest.mark.parametrize("script", list(SCRIPTS))
 def test_eval_every_logs_fid_and_keeps_best(script, fake_cifar, tmp_path, monkeypatch):
-    """--eval-every with evaluate.py's library function stubbed (the real one needs the Inception weights):
+    """--eval-every with fid.py's library function stubbed (the real one needs the Inception weights):
     FID lands in log.csv and fid.png, and best.pt is the epoch with the lowest FID. Missing weights: one clear
     error before anything is written."""
-    import evaluate
+    import fid
 
     module = SCRIPTS[script]
     extra = ["--data-dir", fake_cifar, "--image-size", "32", *TINY, *RESUME_EXTRA.get(script, [])]
@@ -462,8 +431,8 @@ def test_eval_every_logs_fid_and_keeps_best(script, fake_cifar, tmp_path, monkey
         calls.append((images.shape, ref.dtype, n_samples))
         return {"fid": next(fids), "kid": 0.01, "kid_std": 0.0}
 
-    monkeypatch.setattr(evaluate, "load_inception", lambda *a, **k: None)
-    monkeypatch.setattr(evaluate, "generator_fid", fake_generator_fid)
+    monkeypatch.setattr(fid, "load_inception", lambda *a, **k: None)
+    monkeypatch.setattr(fid, "generator_fid", fake_generator_fid)
     out = tmp_path / "run"
     module.main([*extra, "--epochs", "3", "--eval-every", "1", "--fid-samples", "16", "--sample-every", "5",
                  "--out", str(out)])
@@ -497,19 +466,27 @@ HINGE_STEP = '''def train_step(models, optimizers, batch, args):
 '''
 
 
-def run_in(folder, argv, pythonpath=None):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **({"PYTHONPATH": pythonpath} if pythonpath else {}))
-    return subprocess.run([sys.executable, *map(str, argv)], cwd=folder, capture_output=True, text=True, timeout=300,
-                          env=env)
+COPY_ARGV = ["--data", "synthetic", "--n-per-class", "4", "--image-size", "32", "--ngf", "8", "--ndf", "8",
+             "--batch-size", "10", "--log-every", "1", "--no-progress", "--device", "cpu", "--out", "run"]
+# the copy's command lines, in one process next to its own helpers: train, resume, --generate and evaluate.py
+DRIVER = """
+import os, sys, checkpoints, common, evaluate, image_io, my_hinge_gan
+assert all(os.path.dirname(m.__file__) == os.getcwd() for m in (checkpoints, common, evaluate, image_io))
+common.run_main(my_hinge_gan.main, sys.argv[1:] + ["--epochs", "1"])
+common.run_main(my_hinge_gan.main, sys.argv[1:] + ["--epochs", "2", "--resume", "auto"])
+common.run_main(my_hinge_gan.main, ["--generate", "4", "--checkpoint", "run/last.pt", "--device", "cpu"])
+common.run_main(evaluate.main, ["run/last.pt", "--no-fid", "--n-samples", "8", "--grid", "eval.png", "--device", "cpu"])
+"""
 
 
 @pytest.mark.parametrize("script, layout", [("dcgan_cifar", "beside"), ("wgan_gp_cifar", "pythonpath")])
-def test_a_copy_with_a_hinge_loss_trains_resumes_and_is_evaluated(script, layout, tmp_path):
+def test_a_copy_with_a_hinge_loss_trains_resumes_and_is_evaluated(script, layout, tmp_path, monkeypatch):
     """my_hinge_gan.py = a copy of the script whose train_step uses another loss and returns only loss_d and loss_g.
-    beside: common.py, synthetic.py and evaluate.py copied next to it; pythonpath: the repo on PYTHONPATH. The copy
-    writes checkpoints of its own name, logs exactly what its train_step returns, resumes with a larger --epochs,
-    samples with --generate, and evaluate.py rebuilds its generator from the checkpoint."""
+    beside: the helpers (common, checkpoints, image_io, synthetic, evaluate, fid, judges) copied next to it, its
+    command lines run in a process of that folder, which finds none of the repository's files; pythonpath:
+    imported from its folder with the repository's helpers (as with the repo on PYTHONPATH), in this process.
+    The copy writes checkpoints of its own name, logs exactly what its train_step returns, resumes with a larger
+    --epochs, samples with --generate, and evaluate.py rebuilds its generator from the checkpoint."""
     folder = tmp_path / "work"
     folder.mkdir()
     with open(os.path.join(REPO, f"{script}.py")) as f:
@@ -517,31 +494,35 @@ def test_a_copy_with_a_hinge_loss_trains_resumes_and_is_evaluated(script, layout
     assert count == 1
     critic = "critic" if script == "wgan_gp_cifar" else "discriminator"
     (folder / "my_hinge_gan.py").write_text(source.replace('"CRITIC"', f'"{critic}"'))
-    pythonpath = REPO if layout == "pythonpath" else None
-    evaluate_py = os.path.join(REPO, "evaluate.py")
+    argv = [*COPY_ARGV, "--n-critic" if script == "wgan_gp_cifar" else "--seed", "1"]
     if layout == "beside":
-        for name in ("common.py", "synthetic.py", "evaluate.py"):
-            shutil.copy(os.path.join(REPO, name), folder / name)
-        evaluate_py = "evaluate.py"
-    argv = ["my_hinge_gan.py", "--data", "synthetic", "--n-per-class", "4", "--image-size", "32", "--ngf", "8",
-            "--ndf", "8", "--batch-size", "10", "--n-critic" if script == "wgan_gp_cifar" else "--seed", "1",
-            "--log-every", "1", "--no-progress", "--device", "cpu", "--out", "run"]
-    for extra in (["--epochs", "1"], ["--epochs", "2", "--resume", "auto"]):
-        proc = run_in(folder, [*argv, *extra], pythonpath)
+        for name in ("common", "checkpoints", "image_io", "synthetic", "evaluate", "fid", "judges"):
+            shutil.copy(os.path.join(REPO, f"{name}.py"), folder / f"{name}.py")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        proc = subprocess.run([sys.executable, "-c", DRIVER, *argv], cwd=folder, capture_output=True, text=True,
+                              timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
+    else:
+        monkeypatch.chdir(folder)
+        monkeypatch.syspath_prepend(str(folder))
+        try:
+            copy = importlib.import_module("my_hinge_gan")
+            assert copy.__file__ == str(folder / "my_hinge_gan.py")
+            for extra in (["--epochs", "1"], ["--epochs", "2", "--resume", "auto"]):
+                assert run_in_process("my_hinge_gan", *argv, *extra).returncode == 0
+            proc = run_in_process("my_hinge_gan", "--generate", "4", "--checkpoint", "run/last.pt", "--device", "cpu")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            proc = run_in_process("evaluate", "run/last.pt", "--no-fid", "--n-samples", "8", "--grid", "eval.png",
+                                  "--device", "cpu")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        finally:
+            sys.modules.pop("my_hinge_gan", None)
     checkpoint = torch.load(folder / "run" / "last.pt", weights_only=True)
     assert checkpoint["script"] == "my_hinge_gan" and checkpoint["finished"] and checkpoint["step"] == 8
     with open(folder / "run" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["step", "epoch", "loss_d", "loss_g", "images_per_s", "minutes"]
     assert [int(r["step"]) for r in rows] == list(range(1, 9))  # the resumed run appended epoch 2
-    assert (folder / "run" / "losses.png").exists()
-
-    proc = run_in(folder, ["my_hinge_gan.py", "--generate", "4", "--checkpoint", "run/last.pt", "--device", "cpu"],
-                  pythonpath)
-    assert proc.returncode == 0 and (folder / "run" / "generated.png").exists(), proc.stderr[-3000:]
-    proc = run_in(folder, [evaluate_py, "run/last.pt", "--no-fid", "--n-samples", "8", "--grid", "eval.png",
-                           "--device", "cpu"], pythonpath)
-    if layout == "pythonpath" and "which is not in" in proc.stderr:
-        pytest.xfail("evaluate.import_script looks for the script only next to evaluate.py, not in the current folder")
-    assert proc.returncode == 0 and (folder / "eval.png").exists(), proc.stderr[-3000:]
+    for name in ("run/losses.png", "run/generated.png", "eval.png"):
+        assert (folder / name).exists(), name

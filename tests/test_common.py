@@ -1,7 +1,9 @@
-"""Unit tests for the shared helpers: checkpoints, RNG state, the device loader, logging, health monitor."""
+"""Unit tests for the shared helpers: checkpoints (checkpoints.py), RNG state, the device loader (image_io.py), logging,
+the health monitor, the run folder's lock (common.py)."""
 
 import copy
 import csv
+import importlib
 import os
 import pickle
 import random
@@ -10,37 +12,40 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoints
 import common
+import image_io
+from conftest import SCRIPTS
 
 
 def _checkpoint(script="dcgan_letters"):
-    return {"format": common.CHECKPOINT_FORMAT, "script": script, "args": {"nz": 4}, "step": 7,
-            "generator": {"w": torch.arange(6.0)}, "rng": common.rng_state()}
+    return {"format": checkpoints.CHECKPOINT_FORMAT, "script": script, "args": {"nz": 4}, "step": 7,
+            "generator": {"w": torch.arange(6.0)}, "rng": checkpoints.rng_state()}
 
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
     path = str(tmp_path / "last.pt")
-    common.save_checkpoint(path, _checkpoint())
+    checkpoints.save_checkpoint(path, _checkpoint())
     assert not os.path.exists(path + ".tmp")
     loaded = torch.load(path, weights_only=True)  # plain data only: this must not raise
     assert loaded["step"] == 7 and torch.equal(loaded["generator"]["w"], torch.arange(6.0))
-    assert common.load_checkpoint(path, "dcgan_letters")["args"] == {"nz": 4}
+    assert checkpoints.load_checkpoint(path, "dcgan_letters")["args"] == {"nz": 4}
 
 
 def test_load_checkpoint_refuses_foreign_corrupt_and_missing(tmp_path):
     path = str(tmp_path / "x.pt")
-    common.save_checkpoint(path, _checkpoint("wgan_gp_cifar"))
+    checkpoints.save_checkpoint(path, _checkpoint("wgan_gp_cifar"))
     with pytest.raises(common.UserError, match="wgan_gp_cifar"):
-        common.load_checkpoint(path, "dcgan_letters")
+        checkpoints.load_checkpoint(path, "dcgan_letters")
     with open(path, "r+b") as f:  # truncate: a half-written file
         f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(common.UserError, match="cannot load"):
-        common.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     torch.save({"weights": torch.zeros(2)}, path)
     with pytest.raises(common.UserError, match="not a gan-scripts checkpoint"):
-        common.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     with pytest.raises(common.UserError, match="not found"):
-        common.load_checkpoint(str(tmp_path / "missing.pt"))
+        checkpoints.load_checkpoint(str(tmp_path / "missing.pt"))
 
 
 class _Payload:
@@ -58,15 +63,15 @@ def test_malicious_checkpoint_is_refused_without_running(tmp_path):
     with open(path, "wb") as f:
         pickle.dump({"format": 1, "script": "dcgan_letters", "x": _Payload()}, f)
     with pytest.raises(common.UserError, match="could run code"):
-        common.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     assert not os.path.exists(MARKER)
 
 
 def test_rng_state_round_trip():
-    state = common.rng_state()
+    state = checkpoints.rng_state()
     expected = (torch.rand(3), np.random.rand(3), random.random())
     torch.manual_seed(123), np.random.seed(5), random.seed(9)
-    common.set_rng_state(state)
+    checkpoints.set_rng_state(state)
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
@@ -80,23 +85,23 @@ def _epoch(loader, epoch, start_batch=0):
 
 def test_device_loader_shards_are_disjoint_and_reproducible():
     images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
-    shards = [common.DeviceLoader(images, batch_size=4, seed=3, rank=r, world_size=2, normalize=False) for r in range(2)]
+    shards = [image_io.DeviceLoader(images, batch_size=4, seed=3, rank=r, world_size=2, normalize=False) for r in range(2)]
     seen = [_epoch(s, 1) for s in shards]
     assert len(set(seen[0].tolist()) & set(seen[1].tolist())) == 0
     assert len(seen[0]) == len(seen[1]) == 20
     assert torch.equal(_epoch(shards[0], 1), seen[0])  # same epoch, same order: resume at any step relies on it
     assert not torch.equal(_epoch(shards[0], 2), seen[0])
     assert torch.equal(_epoch(shards[0], 1, start_batch=2), seen[0][8:])
-    fresh = common.DeviceLoader(images, batch_size=4, seed=3, rank=0, world_size=2, normalize=False)
+    fresh = image_io.DeviceLoader(images, batch_size=4, seed=3, rank=0, world_size=2, normalize=False)
     assert torch.equal(_epoch(fresh, 1, start_batch=2), seen[0][8:])  # a new process (a resume) sees the same
 
 
 def test_device_loader_range_and_small_dataset_error():
     images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).repeat(4, 1, 1, 1)
-    batch, _ = common.DeviceLoader(images, batch_size=8).batch(0)
+    batch, _ = image_io.DeviceLoader(images, batch_size=8).batch(0)
     assert batch.min().item() == -1.0 and batch.max().item() == 1.0
     with pytest.raises(common.UserError, match="fewer than one batch"):
-        common.DeviceLoader(images, batch_size=9)
+        image_io.DeviceLoader(images, batch_size=9)
 
 
 class _Args:
@@ -139,8 +144,11 @@ def test_check_finite_names_the_step():
 
 
 def test_health_monitor_warns_once(capsys):
-    monitor = common.HealthMonitor(patience=3)
-    for i in range(6):
+    monitor = common.HealthMonitor()
+    for i in range(4):  # 4 log intervals of a losing generator: not yet
+        monitor.update({"d_fake": 0.001, "loss_g": 5.0 + i}, step=i)
+    assert "discriminator is winning" not in capsys.readouterr().err
+    for i in range(4, 10):  # the 5th in a row and more: one warning
         monitor.update({"d_fake": 0.001, "loss_g": 5.0 + i}, step=i)
     assert capsys.readouterr().err.count("discriminator is winning") == 1
     real = torch.rand(16, 1, 8, 8) * 2 - 1
@@ -167,3 +175,21 @@ def test_claim_run_folder_refuses_unwritable_existing_and_a_second_run(tmp_path)
     (run / "last.pt").write_text("x")
     with pytest.raises(common.UserError, match="--resume auto"):
         common.claim_run_folder(str(run))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_script_s_ema_follows_the_generator_with_warm_up(script):
+    """Every script's own update_ema: the decay warmed up as (1 + step) / (10 + step), BN statistics copied."""
+    update_ema = importlib.import_module(script).update_ema
+    generator = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = copy.deepcopy(generator)
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.add_(1.0)
+        generator[1].running_mean.fill_(3.0)
+    update_ema(ema, generator, decay=0.999, step=0)  # warm-up decay min(0.999, 1/10) = 0.1
+    assert torch.allclose(ema[0].bias, generator[0].bias - 0.1)
+    assert torch.equal(ema[1].running_mean, generator[1].running_mean)
+    before = ema[0].bias.clone()
+    update_ema(ema, generator, decay=0.999, step=10**6)  # late: decay 0.999
+    assert torch.allclose(ema[0].bias, before + 0.001 * (generator[0].bias - before))

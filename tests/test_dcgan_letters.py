@@ -1,4 +1,6 @@
-"""dcgan_letters.py end to end on tiny data, plus checkpoint, resume, generate and bad-input checks."""
+"""dcgan_letters.py end to end on tiny data: the run folder of each character and learning rate, --generate, the
+course's folder layout, EMNIST offline, bad files. Exact resume, budgets, bad arguments and --generate's output checks
+are tested for all seven scripts in test_runs.py and test_reliability.py."""
 
 import csv
 import os
@@ -7,9 +9,9 @@ import urllib.error
 import pytest
 import torch
 
+import checkpoints
 import common
 import dcgan_letters
-from conftest import assert_clean_error, run_script
 
 TINY = ["--n-per-class", "96", "--batch-size", "32", "--log-every", "1", "--no-progress"]
 
@@ -19,16 +21,16 @@ def read_log(path):
         return list(csv.DictReader(f))
 
 
-def test_end_to_end_run_writes_the_run_folder(tmp_path):
-    out = tmp_path / "run"
-    run_script("dcgan_letters.py", "--chars", "A", "--epochs", "2", "--sample-every", "1", "--save-every", "1",
-               "--out", out, *TINY)
-    for name in ("A/config.json", "A/real.png", "A/last.pt", "A/epoch_001.pt", "A/log.csv", "A/losses.png",
-                 "A/progress.gif", "A/samples/epoch_001.png", "A/samples/epoch_002.png"):
-        assert (out / name).exists(), name
-    rows = read_log(out / "A" / "log.csv")
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
-    checkpoint = torch.load(out / "A" / "last.pt", weights_only=True)
+def test_end_to_end_run_writes_the_run_folder(shared_runs, tmp_path):
+    """The shared 2-epoch run of --chars A (conftest): its folder A/ holds every file of a run."""
+    folder = shared_runs.reference("dcgan_letters")
+    assert os.path.basename(os.path.normpath(folder)) == "A"
+    for name in ("config.json", "real.png", "last.pt", "epoch_001.pt", "epoch_002.pt", "log.csv", "losses.png",
+                 "progress.gif", "samples/epoch_001.png", "samples/epoch_002.png"):
+        assert os.path.isfile(os.path.join(folder, name)), name
+    rows = read_log(os.path.join(folder, "log.csv"))
+    assert [int(r["step"]) for r in rows] == [3, 4, 6, 8]  # --log-every 3 and each epoch's end (4 steps)
+    checkpoint = torch.load(os.path.join(folder, "last.pt"), weights_only=True)
     assert checkpoint["script"] == "dcgan_letters" and checkpoint["char"] == "A" and checkpoint["finished"]
     generator = dcgan_letters.build_generator(checkpoint["args"])
     generator.load_state_dict(checkpoint["generator"])
@@ -36,45 +38,18 @@ def test_end_to_end_run_writes_the_run_folder(tmp_path):
     assert images.shape == (4, 1, 32, 32) and images.min() >= -1 and images.max() <= 1
     # --generate: samples from the checkpoint, no training data needed; one PNG each and a latent walk on request.
     grid = tmp_path / "grid.png"
-    dcgan_letters.main(["--generate", "16", "--checkpoint", str(out / "A" / "last.pt"), "--grid-out", str(grid),
+    dcgan_letters.main(["--generate", "16", "--checkpoint", os.path.join(folder, "last.pt"), "--grid-out", str(grid),
                         "--png-dir", str(tmp_path / "pngs"), "--interpolate"])
     assert grid.exists() and (tmp_path / "grid_interpolation.png").exists()
     assert len(os.listdir(tmp_path / "pngs")) == 16
-
-
-def test_exact_resume_mid_epoch(tmp_path):
-    """K + M steps in one go == K steps, stop, --resume auto for M more (deterministic CPU)."""
-    common_args = ["--chars", "B", "--deterministic", "--epochs", "2", "--sample-every", "5", *TINY]
-    dcgan_letters.main([*common_args, "--out", str(tmp_path / "straight"), "--max-steps", "5"])
-    dcgan_letters.main([*common_args, "--out", str(tmp_path / "split"), "--max-steps", "2"])  # stops mid-epoch 1
-    dcgan_letters.main([*common_args, "--out", str(tmp_path / "split"), "--max-steps", "5", "--resume", "auto"])
-    straight = torch.load(tmp_path / "straight" / "B" / "last.pt", weights_only=True)
-    split = torch.load(tmp_path / "split" / "B" / "last.pt", weights_only=True)
-    assert split["step"] == straight["step"] == 5
-    for key, value in straight["generator"].items():
-        assert torch.equal(value, split["generator"][key]), key
-    drop = ("images_per_s", "minutes")  # timings
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
-    assert strip(read_log(tmp_path / "split" / "B" / "log.csv")) == strip(read_log(tmp_path / "straight" / "B" / "log.csv"))
 
 
 def test_learning_rate_comparison_plot(tmp_path):
     dcgan_letters.main(["--chars", "C", "--lr", "1e-4", "1e-3", "--max-steps", "2", "--out", str(tmp_path), *TINY])
     assert (tmp_path / "C" / "lr_comparison.png").exists()
     for rate in (1e-4, 1e-3):  # one run each, with its own rate in its checkpoint
-        checkpoint = common.load_checkpoint(str(tmp_path / "C" / f"lr_{rate:g}" / "last.pt"), "dcgan_letters")
+        checkpoint = checkpoints.load_checkpoint(str(tmp_path / "C" / f"lr_{rate:g}" / "last.pt"), "dcgan_letters")
         assert checkpoint["args"]["lr"] == rate and checkpoint["args"]["chars"] == ["C"]
-
-
-def test_resume_keeps_the_settings_of_each_run(tmp_path, capsys):
-    """A resumed run takes its settings from its checkpoint (flags left out) and refuses a typed different value."""
-    dcgan_letters.main(["--chars", "D", "--lr", "1e-3", "--max-steps", "2", "--out", str(tmp_path), *TINY])
-    # No --lr, no --n-per-class: both come from D/last.pt (the default rate and 2,400 images would not fit it).
-    dcgan_letters.main(["--chars", "D", "--max-steps", "2", "--resume", "auto", "--out", str(tmp_path), "--no-progress"])
-    assert "this run is finished (step 2)" in capsys.readouterr().err
-    with pytest.raises(common.UserError, match="--lr 0.0001 differs from 0.001"):
-        dcgan_letters.main(["--chars", "D", "--lr", "1e-4", "--max-steps", "3", "--resume", "auto", "--out",
-                            str(tmp_path), *TINY])
 
 
 def test_folder_layout_reads_the_course_files(tmp_path, shared_data):
@@ -107,20 +82,6 @@ def test_emnist_offline_gives_one_clear_message(tmp_path, monkeypatch):
         dcgan_letters.load_emnist(dcgan_letters.parse_args(["--data", "emnist", "--chars", "u"]))
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--chars", "@"], "error:"),
-    (["--epochs", "0"], "--epochs"),
-    (["--batch-size", "-3"], "--batch-size"),
-    (["--lr", "0"], "--lr"),
-    (["--data", "folder", "--data-dir", "no/such/dir"], "not found"),
-])
-def test_bad_input_fails_cleanly_without_writing(tmp_path, argv, needle):
-    out = tmp_path / "run"
-    proc = run_script("dcgan_letters.py", *argv, "--out", out, check=False)
-    assert_clean_error(proc, needle)
-    assert not out.exists()
-
-
 def test_bad_files_fail_cleanly(tmp_path):
     from PIL import Image
 
@@ -135,6 +96,6 @@ def test_bad_files_fail_cleanly(tmp_path):
     with pytest.raises(common.UserError, match="does not exist"):
         dcgan_letters.main([*args, "--folders", "3"])
     foreign = tmp_path / "foreign.pt"
-    common.save_checkpoint(str(foreign), {"format": 1, "script": "wgan_gp_cifar", "args": {}})
+    checkpoints.save_checkpoint(str(foreign), {"format": 1, "script": "wgan_gp_cifar", "args": {}})
     with pytest.raises(common.UserError, match="wgan_gp_cifar"):
         dcgan_letters.main(["--chars", "A", "--resume", str(foreign), "--out", str(tmp_path / "r2"), *TINY])

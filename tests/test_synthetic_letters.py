@@ -172,3 +172,99 @@ def test_jitter_is_smooth_along_an_arc_and_free_at_a_polyline_corner():
     step = lambda jitter, n: np.abs(np.diff(jitter.reshape(-1, n, 2), axis=1)).mean()
     assert step(arc, 32) < 0.3 * step(corners, 3)  # neighbouring points of an arc move together: no zigzag
     assert 0.5 < arc.std() / corners.std() < 2  # yet an arc's shape varies about as much as a polyline's
+
+
+# The glyph cache (distance maps on disk under $XDG_CACHE_HOME/gan-scripts/glyphs/<key>/) must never
+# change an image: a stale or lossy cache would silently change every letters dataset.
+CACHE_CASE = dict(chars="Ab3", n_per_char=8, image_size=28, seed=5)
+
+
+def draw_with(monkeypatch, cache_home):
+    """letters(**CACHE_CASE) with an empty memory cache and the disk cache under `cache_home`."""
+    monkeypatch.setattr(synthetic, "_GLYPHS", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    return synthetic.letters(**CACHE_CASE)
+
+
+def no_cache_images(monkeypatch):
+    monkeypatch.setattr(synthetic, "_GLYPHS", {})
+    with monkeypatch.context() as m:
+        m.setattr(synthetic, "_glyph_cache_folder", lambda: None)
+        return synthetic.letters(**CACHE_CASE)
+
+
+def cache_files(cache_home):
+    return sorted(os.path.relpath(os.path.join(root, f), cache_home)
+                  for root, _, files in os.walk(cache_home) for f in files)
+
+
+def test_glyph_cache_gives_the_same_images_cold_warm_and_disabled(tmp_path, monkeypatch):
+    disabled, labels = no_cache_images(monkeypatch)
+    cold, _ = draw_with(monkeypatch, tmp_path)
+    files = cache_files(tmp_path)
+    assert [os.path.basename(f) for f in files] == ["51.npz", "65.npz", "98.npz"]  # ord of 3, A, b
+    with monkeypatch.context() as m:  # warm: the maps come from disk, nothing is drawn
+        m.setattr(synthetic, "_render_glyph", lambda *a: pytest.fail("drew a font glyph"))
+        m.setattr(synthetic, "_hand_lines", lambda *a: pytest.fail("drew a hand-drawn form"))
+        warm, warm_labels = draw_with(monkeypatch, tmp_path)
+    assert torch.equal(cold, disabled) and torch.equal(warm, disabled)  # bit for bit
+    assert torch.equal(warm_labels, labels)
+    assert cache_files(tmp_path) == files  # a warm run writes nothing
+    # every map, not only those the images picked: the cached ones equal freshly drawn ones
+    chars = CACHE_CASE["chars"]
+    from_disk = synthetic._glyph_distances(chars)
+    monkeypatch.setattr(synthetic, "_GLYPHS", {})
+    monkeypatch.setattr(synthetic, "_glyph_cache_folder", lambda: None)
+    for (cached, cached_hand), (drawn, hand) in zip(from_disk, synthetic._glyph_distances(chars)):
+        assert torch.equal(cached, drawn) and cached_hand == hand
+
+
+@pytest.mark.parametrize("how", ["a file, not a folder", "read-only"])
+def test_glyph_cache_skipped_where_the_folder_cannot_be_written(tmp_path, monkeypatch, how):
+    if how == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes to read-only folders")
+    expected, _ = no_cache_images(monkeypatch)
+    if how == "read-only":
+        cache_home = tmp_path / "cache"
+        cache_home.mkdir()
+        cache_home.chmod(0o500)
+    else:
+        (tmp_path / "cache").write_text("not a folder")
+        cache_home = tmp_path / "cache" / "inside"
+    try:
+        images, _ = draw_with(monkeypatch, cache_home)  # no error: the glyphs are just drawn
+        assert torch.equal(images, expected)
+        assert os.listdir(tmp_path) == ["cache"] and (how != "read-only" or not os.listdir(cache_home))
+    finally:
+        (tmp_path / "cache").chmod(0o700)
+
+
+def test_glyph_cache_damaged_file_is_drawn_again(tmp_path, monkeypatch):
+    expected, _ = no_cache_images(monkeypatch)
+    draw_with(monkeypatch, tmp_path)
+    damaged = os.path.join(tmp_path, cache_files(tmp_path)[0])
+    with open(damaged, "r+b") as f:
+        f.truncate(100)
+    images, _ = draw_with(monkeypatch, tmp_path)
+    assert torch.equal(images, expected)
+    assert os.path.getsize(damaged) > 100  # rewritten whole
+
+
+def test_glyph_cache_key_follows_the_code(tmp_path, monkeypatch):
+    synthetic._glyph_cache_key.cache_clear()
+    key = synthetic._glyph_cache_key()
+    edited = tmp_path / "synthetic.py"
+    edited.write_text(open(synthetic.__file__).read().replace("GLYPH_SIDE = 52", "GLYPH_SIDE = 50"))
+    monkeypatch.setattr(synthetic, "__file__", str(edited))
+    synthetic._glyph_cache_key.cache_clear()
+    try:
+        assert key is not None and synthetic._glyph_cache_key() not in (None, key)
+    finally:
+        monkeypatch.undo()
+        synthetic._glyph_cache_key.cache_clear()
+    # a new key's first write clears the old keys' folders: an edited renderer leaves no dead files
+    stale = tmp_path / "gan-scripts" / "glyphs" / "0123456789abcdef"
+    stale.mkdir(parents=True)
+    (stale / "65.npz").write_bytes(b"old")
+    draw_with(monkeypatch, tmp_path)
+    assert sorted(os.listdir(tmp_path / "gan-scripts" / "glyphs")) == [synthetic._glyph_cache_key()]

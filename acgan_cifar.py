@@ -10,7 +10,7 @@ a learned class embedding joined to the noise (--class-input concat) outgrows it
 collapses to one picture within an epoch, even with no class loss. By default the noise is
 multiplied by the class's embedding (as in PyTorch-GAN's ACGAN), so no input is free of noise. The
 classifier learns from real images only (StudioGAN's ACGAN since 2021); --classifier-loss paper
-also trains it on generated ones, as in the paper, which on CIFAR-10 costs FID.
+also trains it on generated ones, as in the paper.
 
 Run:
     python acgan_cifar.py                          # 64 px, batch 128, 40 epochs (coursework)

@@ -231,7 +231,7 @@ def _reference_from_spec(ref, data_dir):
     import synthetic
 
     if kind == "letters":
-        chars = list(detail) if detail else list(synthetic.EMNIST_BALANCED)
+        chars = list(detail) if detail else list(image_io.EMNIST_BALANCED)
         unknown = [c for c in chars if c not in synthetic.LETTER_CHARS]
         if unknown:
             raise common.UserError(f"--ref letters:{detail}: the embedded letters have no "

@@ -103,10 +103,10 @@ def letter_class(char):
 
     if not isinstance(char, str) or len(char) != 1:
         return None
-    if char in synthetic.EMNIST_BALANCED:
-        return synthetic.EMNIST_BALANCED.index(char)
-    if char.upper() in synthetic.EMNIST_BALANCED:
-        return synthetic.EMNIST_BALANCED.index(char.upper())
+    if char in image_io.EMNIST_BALANCED:
+        return image_io.EMNIST_BALANCED.index(char)
+    if char.upper() in image_io.EMNIST_BALANCED:
+        return image_io.EMNIST_BALANCED.index(char.upper())
     return None
 
 
@@ -117,8 +117,8 @@ def embedded_letters_data(n_per_class, seed):
     import synthetic
 
     merged = [c for c in synthetic.LETTER_CHARS
-              if c not in synthetic.EMNIST_BALANCED and letter_class(c) is not None]
-    chars = list(synthetic.EMNIST_BALANCED) + merged
+              if c not in image_io.EMNIST_BALANCED and letter_class(c) is not None]
+    chars = list(image_io.EMNIST_BALANCED) + merged
     to_class = torch.tensor([letter_class(c) for c in chars])
     size = CLASSIFIER_SIZE
     images, index = synthetic.letters(chars, n_per_class, image_size=size, seed=seed + 7919)
@@ -150,7 +150,7 @@ def train_classifier(dataset, out_path=None, data=None, device="cpu", seed=0, ep
 
         data = data or embedded_letters_data(n_per_class, seed)
         images, labels, held, held_labels, trained_on = data
-        classes, channels, width, flip = list(synthetic.EMNIST_BALANCED), 1, LETTERS_WIDTH, False
+        classes, channels, width, flip = list(image_io.EMNIST_BALANCED), 1, LETTERS_WIDTH, False
         epochs = epochs or 4
     else:
         if data is None:

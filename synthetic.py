@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from image_io import EMNIST_BALANCED  # index = EMNIST-Balanced label, as in the real folders
+
 
 # ===========================================================================
 # Letters
@@ -41,9 +43,6 @@ import torch.nn.functional as F
 # and scaled to fill the image less a 2/28 border, intensities stretched to 0-255. All per-image
 # work is a few batched tensor operations: 10,000 images take seconds on one CPU core.
 
-# Index = EMNIST-Balanced label. Its 47 classes merge the lower-case letters that look like their
-# capitals (c i j k l m o p s u v w x y z).
-EMNIST_BALANCED = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghnqrt"
 LETTER_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # what letters() can draw
 
 # The text fonts matplotlib ships (its symbol fonts, cmsy10, cmex10 and the STIX size variants, are left out).

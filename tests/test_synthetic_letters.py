@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import image_io
 import synthetic
 
 
@@ -146,7 +147,7 @@ def test_ink_looks_like_emnist():
 
 def test_hand_drawn_forms_for_every_class():
     # Hand-drawn forms for a few characters only teach "hand-drawn = those characters" (real B's read as R or 8).
-    assert set(synthetic.EMNIST_BALANCED) <= set(synthetic.HAND_FORMS)
+    assert set(image_io.EMNIST_BALANCED) <= set(synthetic.HAND_FORMS)
     for char, forms in synthetic.HAND_FORMS.items():
         for form in forms:
             points = np.concatenate([np.asarray(stroke, dtype=float) for stroke in form])

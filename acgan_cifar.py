@@ -9,7 +9,7 @@ How the generator gets the class decides whether each class keeps its variety (d
 a learned class embedding joined to the noise (--class-input concat) outgrows it, and each class
 collapses to one picture within an epoch, even with no class loss. By default the noise is
 multiplied by the class's embedding (as in PyTorch-GAN's ACGAN), so no input is free of noise. The
-classifier learns from real images only (StudioGAN's ACGAN since 2021); --classifier-loss paper
+classifier learns from real images only (as StudioGAN's ACGAN-Mod); --classifier-loss paper
 also trains it on generated ones, as in the paper.
 
 Run:

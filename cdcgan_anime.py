@@ -8,7 +8,7 @@ and eye colour, WGAN-GP lambda 1 vs 10, the "training tips" ablations).
 Run (offline: procedural cartoon faces from synthetic.py):
     python cdcgan_anime.py --image-size 32       # the CPU setting (docs/cdcgan_anime.md)
     python cdcgan_anime.py --data anime --data-dir data/mlds_anime --tags-file testing_tags.txt
-    python cdcgan_anime.py --loss wgan-gp --lambda 1 | --aux-weight 1 | --no-bn | --unconditional
+    python cdcgan_anime.py --loss wgan-gp --lambda 1 | --aux-weight 0.1 | --no-bn | --unconditional
     python evaluate.py --train-classifier faces  # once: the classifier that --eval-every 1 uses
     python cdcgan_anime.py --generate 8 --checkpoint runs/<run>/last.pt --show "pink hair aqua eyes"
     python cdcgan_anime.py --generate --checkpoint runs/<run>/last.pt --cascade \\

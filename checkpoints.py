@@ -85,6 +85,10 @@ def load_checkpoint(path, script=None, map_location="cpu", required=("args", "ge
     ours = isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT
     if not ours or "script" not in checkpoint:
         raise UserError(f"{path} is not a gan-scripts checkpoint (format {CHECKPOINT_FORMAT})")
+    exported = checkpoint.get("exported")
+    if isinstance(exported, dict) and "optimizers" in required:
+        raise UserError(f"{path} is a generator-only export (of {exported.get('from')}): --resume "
+                        "cannot continue from it; start a new run")
     if script is not None and checkpoint["script"] != script:
         raise UserError(f"{path} was written by {checkpoint['script']}.py, not {script}.py")
     kinds = {"args": dict, "generator": dict, "optimizers": dict, "rng": dict, "history": dict,
@@ -99,6 +103,27 @@ def load_checkpoint(path, script=None, map_location="cpu", required=("args", "ge
     if "step" in required and checkpoint["step"] < 0:
         raise UserError(f"{path} is damaged: negative step {checkpoint['step']}")
     return checkpoint
+
+
+# what a generator-only export keeps of a training checkpoint, besides its settings and weights
+EXPORTED_KEYS = ("format", "script", "class_names", "char", "step", "epoch", "elapsed_s")
+
+
+def export_generator(checkpoint, source, settings=None):
+    """A training checkpoint's averaged generator (the trained one without --ema) alone, in half
+    precision, with the settings --generate and evaluate.py rebuild it from, changed by `settings`
+    (e.g. the data a user's copy reads): a few MB to ship. No optimizer, discriminator or random
+    states, so --resume refuses it."""
+    weights = "generator_ema" if "generator_ema" in checkpoint else "generator"
+    state = {key: value.half() if value.is_floating_point() else value
+             for key, value in checkpoint[weights].items()}
+    trained = checkpoint["args"]
+    args = dict(trained, out=None, resume=None, **(settings or {}))
+    export = {key: checkpoint[key] for key in EXPORTED_KEYS if key in checkpoint}
+    export.update(args=args, generator=state,
+                  exported={"from": source, "weights": weights, "data": trained.get("data"),
+                            "data_dir": trained.get("data_dir")})
+    return export
 
 
 def find_resume_checkpoint(resume, out, script, map_location="cpu"):

@@ -11,6 +11,7 @@ classifier scores.
     python evaluate.py last.pt --ref cifar10 --data-dir data --n-samples 50000  # papers' protocol
     python evaluate.py --train-classifier letters               # the classifier behind the accuracy
     python evaluate.py --test-classifier letters --data-dir ../shared/data/emnist_ab/emnist_jpeg
+    python evaluate.py runs/x/best.pt --export-generator my_gan.pt    # generator only, to share
     python bench.py --extraction                                # Inception feature throughput
 
 The evaluation layer in three files, each importing only the ones below it:
@@ -129,6 +130,14 @@ def parse_args(argv=None):
                         "it holds (without it, only a table, a PNG or a classifier of the same "
                         "kind is replaced)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--export-generator", default=None, metavar="PATH",
+                   help="no scoring: write the one checkpoint's averaged generator alone, in half "
+                        "precision, to PATH (a few MB to share, like pretrained/; --resume cannot "
+                        "continue from it)")
+    g.add_argument("--export-data", choices=("cifar10",), default=None,
+                   help="with --export-generator: record the official CIFAR-10 in data/ as its "
+                        "training data (evaluate.py's default reference) instead of the run's own "
+                        "--data and --data-dir (say a JPEG copy in a folder of the training machine)")
     g = parser.add_argument_group("classifiers")
     g.add_argument("--classifier", default=None,
                    help="classifier file for the accuracy score (default "
@@ -164,6 +173,10 @@ def parse_args(argv=None):
         parser.error("give checkpoints, run folders or folder:PATH to evaluate, or "
                      "--train-classifier DATASET, or --test-classifier DATASET (Inception speed: "
                      "python bench.py --extraction)")
+    if args.export_generator and len(args.checkpoints) != 1:
+        parser.error("--export-generator takes one checkpoint")
+    if args.export_data and not args.export_generator:
+        parser.error("--export-data goes with --export-generator")
     if args.test_classifier and not args.data_dir:
         parser.error("--test-classifier needs --data-dir (a folder of labelled real images)")
     if args.face_count and not args.cascade:
@@ -428,6 +441,8 @@ class LoadedCheckpoint:
                                    "--ema): use --weights raw")
         raw = weights == "raw" or "generator_ema" not in self.checkpoint
         self.weights_name = "generator" if raw else "generator_ema"
+        exported = self.checkpoint.get("exported")  # an export's one generator: the one it names
+        self.weights_label = exported.get("weights") if isinstance(exported, dict) else None
         try:
             self.generator.load_state_dict(self.checkpoint[self.weights_name])
         except RuntimeError as e:
@@ -598,7 +613,8 @@ def evaluate_checkpoint(path, args, device, extractor):
     precision, recall, density, coverage, accuracy, ...}."""
     loaded = LoadedCheckpoint(path, device, args.weights)
     row = {"checkpoint": path, "script": loaded.script, "epoch": loaded.epoch,
-           "step": loaded.checkpoint.get("step"), "weights": loaded.weights_name}
+           "step": loaded.checkpoint.get("step"),
+           "weights": loaded.weights_label or loaded.weights_name}
     # the run's training clock when it saved (TrainLog)
     elapsed = loaded.checkpoint.get("elapsed_s")
     if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) and elapsed >= 0:
@@ -1023,8 +1039,28 @@ def run_test_classifier(args, device):
     return result
 
 
+def run_export(args):
+    """--export-generator PATH: the averaged generator of one checkpoint, alone (pretrained/)."""
+    source, out = args.checkpoints[0], args.export_generator
+    if os.path.exists(out) and not args.overwrite:
+        raise common.UserError(f"--export-generator {out} exists: pass a new file name, or "
+                               "--overwrite to replace it")
+    checkpoint = checkpoints.load_checkpoint(source, map_location="cpu")
+    if checkpoint["script"].endswith("_classifier"):
+        raise common.UserError(f"{source} is a classifier, not a generator checkpoint")
+    check_settings(checkpoint, import_script(checkpoint["script"]), source)
+    settings = {"data": args.export_data, "data_dir": "data"} if args.export_data else None
+    export = checkpoints.export_generator(checkpoint, source, settings)
+    checkpoints.save_checkpoint(out, export)
+    print(f"wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB): the "
+          f"{export['exported']['weights']} of {source}, step {checkpoint.get('step')}")
+    return out
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.export_generator:
+        return run_export(args)
     _REFERENCES.clear()  # references are read (and hashed) once per command, afresh for the next
     device = common.pick_device(args.device)
     if args.train_classifier:

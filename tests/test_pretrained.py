@@ -1,0 +1,63 @@
+"""The shipped generators (pretrained/) and the export that makes them (evaluate.py --export-generator)."""
+
+import os
+
+import pytest
+import torch
+
+import evaluate
+from conftest import REPO, assert_one_error_line, run_in_process, train
+
+# Every file the README shows: each must be there, load safely and draw.
+SHIPPED = {"dcgan_cifar32.pt": "dcgan_cifar"}
+MAX_MIB = 8  # "a few MB each"
+
+
+def test_export_keeps_only_the_averaged_generator_in_half_precision(tmp_path):
+    folder = train("dcgan_cifar", tmp_path / "run", "--max-steps", "4")
+    source = os.path.join(folder, "last.pt")
+    exported = str(tmp_path / "exported.pt")
+    evaluate.main([source, "--export-generator", exported, "--export-data", "cifar10"])
+    trained = torch.load(source, weights_only=True)
+    export = torch.load(exported, weights_only=True)
+    assert not {"discriminator", "optimizers", "rng", "history", "generator_ema"} & set(export)
+    assert export["exported"]["weights"] == "generator_ema" and export["exported"]["data"] == "synthetic"
+    assert export["args"]["data"] == "cifar10" and export["args"]["data_dir"] == "data"
+    assert export["args"]["out"] is None and export["step"] == trained["step"]
+    for name, value in trained["generator_ema"].items():
+        saved = export["generator"][name]
+        assert saved.dtype == (torch.float16 if value.is_floating_point() else value.dtype), name
+        assert torch.equal(saved, value.half() if value.is_floating_point() else value), name
+    loaded = evaluate.LoadedCheckpoint(exported, torch.device("cpu"))
+    assert loaded.weights_label == "generator_ema"
+    for name, value in loaded.generator.state_dict().items():
+        assert torch.equal(value, export["generator"][name].to(value.dtype)), name
+
+    refused = run_in_process("dcgan_cifar", "--resume", exported, "--out", tmp_path / "resumed")
+    assert_one_error_line(refused, "--resume cannot continue from it")
+    assert not (tmp_path / "resumed").exists()
+    with pytest.raises(evaluate.common.UserError, match="exists"):
+        evaluate.main([source, "--export-generator", exported])
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_each_shipped_generator_loads_safely_and_draws(name, tmp_path):
+    path = os.path.join(REPO, "pretrained", name)
+    assert os.path.isfile(path), f"{path} is missing: the README shows it"
+    assert os.path.getsize(path) < MAX_MIB * 2**20
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    assert checkpoint["script"] == SHIPPED[name] and "optimizers" not in checkpoint
+    assert {v.dtype for v in checkpoint["generator"].values() if v.is_floating_point()} == {torch.float16}
+
+    grid = tmp_path / "grid.png"
+    drawn = run_in_process(SHIPPED[name], "--generate", "16", "--checkpoint", path, "--grid-out", grid,
+                           "--device", "cpu")
+    assert drawn.returncode == 0 and grid.is_file(), drawn.stderr
+
+    loaded = evaluate.LoadedCheckpoint(path, torch.device("cpu"))
+    [(_, images)] = list(evaluate.sample_batches(loaded, 64, 64, seed=0))
+    assert images.shape == (64, 3, 32, 32) and torch.isfinite(images).all()
+    assert images.min() >= -1 and images.max() <= 1
+    # pictures, not a flat colour, and not one picture 64 times
+    assert images.flatten(1).std(1).min() > 0.05
+    assert images.std(0).mean() > 0.2

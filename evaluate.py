@@ -1049,6 +1049,11 @@ def run_export(args):
     if checkpoint["script"].endswith("_classifier"):
         raise common.UserError(f"{source} is a classifier, not a generator checkpoint")
     check_settings(checkpoint, import_script(checkpoint["script"]), source)
+    names = checkpoint.get("class_names")
+    if args.export_data == "cifar10" and names is not None and \
+            list(names) != list(image_io.CIFAR10_CLASSES):
+        raise common.UserError(f"--export-data cifar10: {source} was trained on other classes "
+                               f"({', '.join(map(str, names[:10]))}), not CIFAR-10's")
     settings = {"data": args.export_data, "data_dir": "data"} if args.export_data else None
     export = checkpoints.export_generator(checkpoint, source, settings)
     checkpoints.save_checkpoint(out, export)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import evaluate
+import image_io
 from conftest import REPO, assert_one_error_line, run_in_process, train
 
 # Every file the README shows: each must be there, load safely and draw.
@@ -17,8 +18,12 @@ def test_export_keeps_only_the_averaged_generator_in_half_precision(tmp_path):
     folder = train("dcgan_cifar", tmp_path / "run", "--max-steps", "4")
     source = os.path.join(folder, "last.pt")
     exported = str(tmp_path / "exported.pt")
-    evaluate.main([source, "--export-generator", exported, "--export-data", "cifar10"])
+    with pytest.raises(evaluate.common.UserError, match="other classes"):  # embedded letters
+        evaluate.main([source, "--export-generator", exported, "--export-data", "cifar10"])
     trained = torch.load(source, weights_only=True)
+    trained["class_names"] = list(image_io.CIFAR10_CLASSES)  # as a run on CIFAR-10 has them
+    torch.save(trained, source)
+    evaluate.main([source, "--export-generator", exported, "--export-data", "cifar10"])
     export = torch.load(exported, weights_only=True)
     assert not {"discriminator", "optimizers", "rng", "history", "generator_ema"} & set(export)
     assert export["exported"]["weights"] == "generator_ema" and export["exported"]["data"] == "synthetic"

@@ -117,12 +117,15 @@ def export_generator(checkpoint, source, settings=None):
     weights = "generator_ema" if "generator_ema" in checkpoint else "generator"
     state = {key: value.half() if value.is_floating_point() else value
              for key, value in checkpoint[weights].items()}
+    earlier = checkpoint.get("exported")  # an export exported again keeps what it says
+    earlier = earlier if isinstance(earlier, dict) else {}
     trained = checkpoint["args"]
     args = dict(trained, out=None, resume=None, **(settings or {}))
     export = {key: checkpoint[key] for key in EXPORTED_KEYS if key in checkpoint}
     export.update(args=args, generator=state,
-                  exported={"from": source, "weights": weights, "data": trained.get("data"),
-                            "data_dir": trained.get("data_dir")})
+                  exported={"from": source, "weights": earlier.get("weights", weights),
+                            "data": earlier.get("data", trained.get("data")),
+                            "data_dir": earlier.get("data_dir", trained.get("data_dir"))})
     return export
 
 

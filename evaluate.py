@@ -131,9 +131,9 @@ def parse_args(argv=None):
                         "kind is replaced)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--export-generator", default=None, metavar="PATH",
-                   help="no scoring: write the one checkpoint's averaged generator alone, in half "
-                        "precision, to PATH (a few MB to share, like pretrained/; --resume cannot "
-                        "continue from it)")
+                   help="no scoring: write the one checkpoint's generator alone (its moving "
+                        "average when it has one), in half precision, to PATH (a few MB to share, "
+                        "like pretrained/; --resume cannot continue from it)")
     g.add_argument("--export-data", choices=("cifar10",), default=None,
                    help="with --export-generator: record the official CIFAR-10 in data/ as its "
                         "training data (evaluate.py's default reference) instead of the run's own "

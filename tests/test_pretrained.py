@@ -38,6 +38,10 @@ def test_export_keeps_only_the_averaged_generator_in_half_precision(tmp_path):
     for name, value in loaded.generator.state_dict().items():
         assert torch.equal(value, export["generator"][name].to(value.dtype)), name
 
+    again = str(tmp_path / "again.pt")  # an export of an export still names the average and the data
+    evaluate.main([exported, "--export-generator", again])
+    assert torch.load(again, weights_only=True)["exported"] == {**export["exported"], "from": exported}
+
     refused = run_in_process("dcgan_cifar", "--resume", exported, "--out", tmp_path / "resumed")
     assert_one_error_line(refused, "--resume cannot continue from it")
     assert not (tmp_path / "resumed").exists()

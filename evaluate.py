@@ -384,6 +384,19 @@ def measure_classifier(dataset, path, data_dir, device):
 # ---------------------------------------------------------------------------
 # Checkpoints: rebuild the generator from the script that wrote it, draw noise and labels
 # ---------------------------------------------------------------------------
+def check_weights(checkpoint, weights, path):
+    """--weights ema/raw against what the file holds; an export holds one generator, the one its
+    `exported` record names."""
+    exported = checkpoint.get("exported")
+    held = ({exported.get("weights")} if isinstance(exported, dict)
+            else {"generator"} | ({"generator_ema"} & set(checkpoint)))
+    wanted = {"ema": "generator_ema", "raw": "generator"}.get(weights)
+    if wanted and wanted not in held:
+        what = "an export holds one" if isinstance(exported, dict) else "trained without --ema"
+        raise common.UserError(f"--weights {weights}: {path} has no {wanted} ({what}): leave "
+                               "--weights out")
+
+
 def check_settings(checkpoint, module, path):
     """What evaluate.py reads from a checkpoint's settings, checked before anything is built: an
     edited nz or class list is one line here, not a traceback from deep inside the generator."""
@@ -436,9 +449,7 @@ class LoadedCheckpoint:
                                    f"({type(e).__name__}: {common.first_line(e)}); was the "
                                    "checkpoint edited?") from None
         # --weights: the moving average of the generator's weights (--ema) by default, if any
-        if weights == "ema" and "generator_ema" not in self.checkpoint:
-            raise common.UserError(f"--weights ema: {path} has no generator_ema (trained without "
-                                   "--ema): use --weights raw")
+        check_weights(self.checkpoint, weights, path)
         raw = weights == "raw" or "generator_ema" not in self.checkpoint
         self.weights_name = "generator" if raw else "generator_ema"
         exported = self.checkpoint.get("exported")  # an export's one generator: the one it names
@@ -1013,9 +1024,7 @@ def check_before_work(args, inputs):
             kept.append((kind, path))
             continue
         checkpoint = checkpoints.load_checkpoint(path, map_location="cpu")
-        if args.weights == "ema" and "generator_ema" not in checkpoint:
-            raise common.UserError(f"--weights ema: {path} has no generator_ema (trained without "
-                                   "--ema): use --weights raw")
+        check_weights(checkpoint, args.weights, path)
         if not checkpoint["script"].endswith("_classifier"):
             check_settings(checkpoint, import_script(checkpoint["script"]), path)
         step_key = (os.path.dirname(os.path.abspath(path)), checkpoint.get("step"),

@@ -35,6 +35,10 @@ def test_export_keeps_only_the_averaged_generator_in_half_precision(tmp_path):
         assert torch.equal(saved, value.half() if value.is_floating_point() else value), name
     loaded = evaluate.LoadedCheckpoint(exported, torch.device("cpu"))
     assert loaded.weights_label == "generator_ema"
+    asked = evaluate.LoadedCheckpoint(exported, torch.device("cpu"), weights="ema")
+    assert asked.weights_label == "generator_ema"  # the export's one generator is the average
+    with pytest.raises(evaluate.common.UserError, match="--weights raw: .* has no generator "):
+        evaluate.main([exported, "--weights", "raw", "--no-fid", "--n-samples", "8"])
     for name, value in loaded.generator.state_dict().items():
         assert torch.equal(value, export["generator"][name].to(value.dtype)), name
 

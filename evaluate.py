@@ -392,7 +392,7 @@ def check_weights(checkpoint, weights, path):
             else {"generator"} | ({"generator_ema"} & set(checkpoint)))
     wanted = {"ema": "generator_ema", "raw": "generator"}.get(weights)
     if wanted and wanted not in held:
-        what = "an export holds one" if isinstance(exported, dict) else "trained without --ema"
+        what = "an export holds one generator" if isinstance(exported, dict) else "no --ema"
         raise common.UserError(f"--weights {weights}: {path} has no {wanted} ({what}): leave "
                                "--weights out")
 

@@ -13,6 +13,7 @@ PAGES = [README] + DOCS
 README_LIMIT = 12 * 1024
 
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")  # [text](target), ![alt](target)
+SPLIT_LINK = re.compile(r"\]\(\s*[^)\s<\"]+\s+[^)\s\"][^)]*\)")  # a target broken by a space or line break
 HTML_SOURCE = re.compile(r"<(?:img|a)\b[^>]*?(?:src|href)=\"([^\"]+)\"", re.IGNORECASE)
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -66,6 +67,13 @@ def test_relative_links_and_images_exist(page):
         elif anchor and resolved.endswith(".md") and anchor.lower() not in anchors(resolved):
             missing.append(f"{target} (no such heading)")
     assert not missing, f"{os.path.relpath(page, REPO)} links to what does not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: os.path.relpath(p, REPO))
+def test_no_link_target_is_broken_across_lines(page):
+    """A target split by a line break is no link at all, so the check above would never see it."""
+    broken = [" ".join(m.group(0).split()) for m in SPLIT_LINK.finditer(prose(page))]
+    assert not broken, f"{os.path.relpath(page, REPO)} has link targets with a break inside: {broken}"
 
 
 def test_every_script_has_its_page():

@@ -10,7 +10,7 @@ import image_io
 from conftest import REPO, assert_one_error_line, run_in_process, train
 
 # Every file the README shows: each must be there, load safely and draw.
-SHIPPED = {"dcgan_cifar32.pt": "dcgan_cifar"}
+SHIPPED = {"dcgan_cifar32.pt": "dcgan_cifar", "wgan_gp_cifar32.pt": "wgan_gp_cifar"}
 MAX_MIB = 8  # "a few MB each"
 
 

@@ -19,7 +19,7 @@ generator updates, as the paper's "generator iterations" do, and images/s counts
 the critic reads.
 
 Run:
-    python wgan_gp_cifar.py                        # 64 px, batch 128, 40 epochs: the report's settings
+    python wgan_gp_cifar.py                        # the report's: 64 px, batch 128, 40 epochs
     python wgan_gp_cifar.py --lambda 10 --n-critic 5       # the penalty weight and critic steps
     python wgan_gp_cifar.py --lr 1e-4 --beta1 0 --beta2 0.9        # the paper's Algorithm 1 Adam
     # the paper's DCGAN-style CIFAR-10 run, as the authors' gan_cifar.py (200,000 generator steps):

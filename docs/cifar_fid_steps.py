@@ -1,7 +1,8 @@
 """docs/cifar_fid_steps.png: FID against generator steps of the three CIFAR-10 scripts (wgan_gp_cifar
-also with the paper's optimiser), with published points beside them. Our measurements are in cifar_fid_steps.csv (script, generator step, metric, value;
-how each was made: docs/dcgan_cifar.md, acgan_cifar.md, wgan_gp_cifar.md); the published points are below,
-each checked against its source (StudioGAN's 2020 logs, logs/CIFAR10/*.log; TTUR's Results/figures).
+also with the paper's optimiser), with published points beside them. Our measurements are in
+cifar_fid_steps.csv (script, generator step, metric, value; how each was made: docs/dcgan_cifar.md,
+acgan_cifar.md, wgan_gp_cifar.md); the published points are below, each checked against its source
+(StudioGAN's 2020 logs, logs/CIFAR10/*.log; TTUR's Results/figures).
 
 Run: python docs/cifar_fid_steps.py
 """

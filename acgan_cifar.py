@@ -1,4 +1,4 @@
-"""ACGAN on CIFAR-10 (32 or 64 px): a class-conditional GAN whose discriminator also names the class.
+"""ACGAN on CIFAR-10 (32 or 64 px): class-conditional GAN whose discriminator also names the class.
 
 Paper: Odena, Olah & Shlens, "Conditional Image Synthesis with Auxiliary Classifier GANs", ICML
 2017. The discriminator has two heads on one conv trunk: real/fake (source) and a 10-way class
@@ -198,7 +198,8 @@ class Generator(nn.Module):
     def forward(self, z, labels):
         # Class indices (N,) pick an embedding; class weights (N, classes) blend them.
         table = self.label_embedding.weight
-        embedded = self.label_embedding(labels) if labels.dim() == 1 else labels.to(table.dtype) @ table
+        embedded = (self.label_embedding(labels) if labels.dim() == 1
+                    else labels.to(table.dtype) @ table)
         z = z.flatten(1) * embedded if self.multiply else torch.cat([z.flatten(1), embedded], 1)
         return self.net(z[:, :, None, None])
 
@@ -318,7 +319,8 @@ def train_step(models, optimizers, batch, args):
     with bf16:
         # Generator: maximise L_C - L_S, with the non-saturating source loss (maximise log D(G(z))).
         source_gen, classes_gen = discriminator(fake_images)
-        loss_g = source_loss(source_gen, True) + args.aux_weight * class_loss(classes_gen, fake_labels)
+        loss_g = (source_loss(source_gen, True)
+                  + args.aux_weight * class_loss(classes_gen, fake_labels))
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     common.optimizer_step(opt_g, loss_g, args.skip_nonfinite)
@@ -344,7 +346,8 @@ def prepare_fid(args, images, device):
 
 def epoch_accuracy(history, steps_per_epoch):
     """D's class accuracy over each whole epoch on real and on generated images (plot_curves
-    series), from the logged rows: each holds the mean since the row before; none spans two epochs."""
+    series), from the logged rows: each holds the mean since the row before; none spans two
+    epochs."""
     sums, previous = {}, 0  # epoch -> [steps, sum on real images, sum on generated ones]
     for step, real, fake in zip(history["step"], history["acc_real"], history["acc_fake"]):
         weight, previous = step - previous, step
@@ -366,14 +369,16 @@ def train(args):
     out = args.out = args.out or common.default_run_dir(SCRIPT)
     checkpoint, resume_path = checkpoints.find_resume_checkpoint(args.resume, out, SCRIPT, device)
     if checkpoint is not None:  # a resumed run keeps its settings: model, data, budget, precision
-        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path, CHANGEABLE_ON_RESUME)
+        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path,
+                                                    CHANGEABLE_ON_RESUME)
     args.precision = common.pick_precision(args.precision, device)  # auto: bf16 where it is native
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls and convolutions: TF32 on Ampere+
     torch.backends.cudnn.allow_tf32 = True
     common.seed_everything(args.seed, args.deterministic)
     images, labels, class_names = load_data(args)
     if len(class_names) < 2:
-        raise common.UserError(f"ACGAN needs classes: one subfolder per class under {args.data_dir}")
+        raise common.UserError(
+            f"ACGAN needs classes: one subfolder per class under {args.data_dir}")
     args.num_classes, args.class_names = len(class_names), list(class_names)  # kept in checkpoints
     loader = image_io.DeviceLoader(images, labels, args.batch_size, device, seed=args.seed,
                                    flip=not args.no_flip, rank=dist.rank,
@@ -541,7 +546,8 @@ def generate(args):
         one_hot = F.one_hot(torch.arange(count), count)[:, None].float()
         t = torch.linspace(0, 1, 10).view(1, 10, 1)
         weights = (1 - t) * one_hot + t * one_hot.roll(-1, 0)
-        noise = torch.randn(count, settings["nz"], 1, 1, generator=noise_seed.manual_seed(args.seed))
+        noise = torch.randn(count, settings["nz"], 1, 1,
+                            generator=noise_seed.manual_seed(args.seed))
         noise, weights = noise.repeat_interleave(10, 0), weights.reshape(-1, count)
         sheet = sample(generator, noise.to(device), weights.to(device))
         row_labels = [f"{names[c]} > {names[(c + 1) % count]}" for c in range(count)]

@@ -110,7 +110,8 @@ def parse_args(argv=None):
     add("--extraction-folder", default=None,
         help="with --extraction: take the images from this folder (resized to 32x32)")
     add("--inception-weights", default=None, help="as evaluate.py's --inception-weights")
-    g = parser.add_argument_group("--frechet: FID's matrix step, fid.py (Cholesky + eigvalsh) against sqrtm")
+    g = parser.add_argument_group(
+        "--frechet: FID's matrix step, fid.py (Cholesky + eigvalsh) against sqrtm")
     g.add_argument("--frechet", action="store_true",
                    help="only the Frechet distance of the same statistics by fid.frechet_distance "
                         "and by scipy.linalg.sqrtm: seconds, ratio, relative difference")
@@ -583,7 +584,8 @@ def run_extraction_benchmark(bench, device):
 
 
 # ---------------------------------------------------------------------------
-# FID's matrix step: fid.frechet_distance (Cholesky + eigvalsh) against scipy.linalg.sqrtm, same statistics
+# FID's matrix step: fid.frechet_distance (Cholesky + eigvalsh) against scipy.linalg.sqrtm, same
+# statistics
 # ---------------------------------------------------------------------------
 def sqrtm_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     """The Frechet distance as evaluate.py computed it before fid.py (and as TTUR and pytorch-fid
@@ -663,9 +665,9 @@ def run_frechet_benchmark(bench):
     print(f"bench.py --frechet: {device_description(torch.device('cpu'))}; numpy "
           f"{np.__version__}, scipy {scipy.__version__}; BLAS threads from OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; {load_average()}")
-    print(f"FID's matrix step on the same statistics: fid.frechet_distance (Cholesky + eigvalsh, float64) "
-          f"against scipy.linalg.sqrtm (evaluate.py before fid.py); best of {bench.repeats} "
-          f"interleaved rounds", flush=True)
+    print(f"FID's matrix step on the same statistics: fid.frechet_distance (Cholesky + eigvalsh, "
+          f"float64) against scipy.linalg.sqrtm (evaluate.py before fid.py); best of "
+          f"{bench.repeats} interleaved rounds", flush=True)
     cases = frechet_cases(bench)
     functions = (("ours", fid.frechet_distance), ("sqrtm", sqrtm_frechet_distance))
     for _, fn in functions:  # warm-up: scipy.linalg's import and first call out of the first row

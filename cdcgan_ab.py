@@ -56,20 +56,25 @@ def parse_args(argv=None):
     g.add_argument("--data", choices=["synthetic", "emnist", "folder"], default="synthetic",
                    help="drawn offline, torchvision's EMNIST or the course's Train/<label>/*.jpeg")
     g.add_argument("--data-dir", default="data", help="where real datasets are read / downloaded")
-    g.add_argument("--chars", nargs="+", default=list(DEFAULT_CHARS), help="the classes (2+); label i = i-th")
+    g.add_argument("--chars", nargs="+", default=list(DEFAULT_CHARS),
+                   help="the classes (2+); label i = i-th")
     g.add_argument("--no-transpose", action="store_true", help="keep EMNIST images as stored")
-    g.add_argument("--n-per-class", type=common.positive_int, default=2400, help="synthetic: per character")
+    g.add_argument("--n-per-class", type=common.positive_int, default=2400,
+                   help="synthetic: per character")
     g.add_argument("--image-size", type=int, choices=[32, 64], default=32, help="height and width")
     g = parser.add_argument_group("model and training")
     g.add_argument("--nz", type=common.positive_int, default=100, help="size of the noise vector")
     g.add_argument("--ngf", type=common.positive_int, default=32, help="G's last feature maps")
-    g.add_argument("--ndf", type=common.positive_int, default=32, help="D's first feature maps (even)")
+    g.add_argument("--ndf", type=common.positive_int, default=32,
+                   help="D's first feature maps (even)")
     g.add_argument("--epochs", type=common.positive_int, default=10, help="passes over the images")
-    g.add_argument("--batch-size", type=common.positive_int, default=64, help="images per step per process")
+    g.add_argument("--batch-size", type=common.positive_int, default=64,
+                   help="images per step per process")
     g.add_argument("--lr", type=common.positive_float, default=5e-4, help="Adam learning rate")
     g.add_argument("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1")
     g.add_argument("--beta2", type=common.unit_interval, default=0.999, help="Adam beta2")
-    g.add_argument("--ema", type=common.unit_interval, default=0.0, help="decay of the weights' EMA (0: off)")
+    g.add_argument("--ema", type=common.unit_interval, default=0.0,
+                   help="decay of the weights' EMA (0: off)")
     g.add_argument("--seed", type=common.seed, default=0, help="seed of data order, weights, noise")
     g = parser.add_argument_group("run")
     g.add_argument("--out", help="run folder (default runs/<script>-<time>)")
@@ -85,16 +90,20 @@ def parse_args(argv=None):
     g.add_argument("--skip-nonfinite", action="store_true", help="skip steps with a NaN/inf loss")
     g = parser.add_argument_group("logging, samples, checkpoints")
     g.add_argument("--log-every", type=common.positive_int, default=50, help="log every N steps")
-    g.add_argument("--sample-every", type=common.positive_int, default=2, help="grid every N epochs")
-    g.add_argument("--save-every", type=common.positive_int, default=5, help="epoch_NNN.pt every N epochs")
+    g.add_argument("--sample-every", type=common.positive_int, default=2,
+                   help="grid every N epochs")
+    g.add_argument("--save-every", type=common.positive_int, default=5,
+                   help="epoch_NNN.pt every N epochs")
     g.add_argument("--track", action="store_true", help="also log to TensorBoard (<out>/tb)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (batch jobs)")
     g = parser.add_argument_group("generate (no training)")
-    g.add_argument("--generate", type=common.positive_int, metavar="N", help="N samples of each class")
+    g.add_argument("--generate", type=common.positive_int, metavar="N",
+                   help="N samples of each class")
     g.add_argument("--checkpoint", help="with --generate: the checkpoint to sample from")
     g.add_argument("--grid-out", help="with --generate: grid PNG (default next to the checkpoint)")
     g.add_argument("--png-dir", help="with --generate: also one PNG per sample, in a new folder")
-    g.add_argument("--interpolate", action="store_true", help="with --generate: latent and label walks too")
+    g.add_argument("--interpolate", action="store_true",
+                   help="with --generate: latent and label walks too")
     args = common.parse_args(parser, argv)
     if args.generate is not None and args.checkpoint is None:
         parser.error("--generate needs --checkpoint PATH")
@@ -113,7 +122,8 @@ def parse_args(argv=None):
 def load_synthetic(args):
     import synthetic  # only for the offline data: a copy with real data needs no synthetic.py
     try:
-        return synthetic.letters(args.chars, args.n_per_class, image_size=args.image_size, seed=args.seed)
+        return synthetic.letters(args.chars, args.n_per_class, image_size=args.image_size,
+                                 seed=args.seed)
     except ValueError as e:
         raise common.UserError(str(e)) from None
 
@@ -130,7 +140,8 @@ def load_folder(args):
 
 
 def load_data(args):
-    return {"synthetic": load_synthetic, "emnist": load_emnist, "folder": load_folder}[args.data](args)
+    loaders = {"synthetic": load_synthetic, "emnist": load_emnist, "folder": load_folder}
+    return loaders[args.data](args)
 
 
 # ---------------------------------------------------------------------------
@@ -187,7 +198,8 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x, labels):
-        y = F.one_hot(labels, self.num_classes).to(x.dtype)[..., None, None].expand(-1, -1, *x.shape[2:])
+        one_hot = F.one_hot(labels, self.num_classes).to(x.dtype)[..., None, None]
+        y = one_hot.expand(-1, -1, *x.shape[2:])
         return self.net(torch.cat([self.image_branch(x), self.label_branch(y)], 1)).flatten()
 
 
@@ -204,13 +216,15 @@ def weights_init(module):
 
 def build_generator(settings):
     """The generator from a run's settings: training, --generate and evaluate.py build it here."""
-    return Generator(len(settings["chars"]), settings["nz"], settings["ngf"], settings["image_size"])
+    return Generator(len(settings["chars"]), settings["nz"], settings["ngf"],
+                     settings["image_size"])
 
 
 def build(args, device):
     """The networks and their optimizers (train() and bench.py use this)."""
-    networks = {"generator": build_generator(vars(args)).apply(weights_init),
-                "discriminator": Discriminator(len(args.chars), args.ndf, args.image_size).apply(weights_init)}
+    generator = build_generator(vars(args)).apply(weights_init)
+    discriminator = Discriminator(len(args.chars), args.ndf, args.image_size).apply(weights_init)
+    networks = {"generator": generator, "discriminator": discriminator}
     networks = {key: common.prepare_model(net, device) for key, net in networks.items()}
     optimizers = {key: common.adam(net.parameters(), args.lr, (args.beta1, args.beta2), device)
                   for key, net in networks.items()}
@@ -283,7 +297,8 @@ def train(args):
     out = args.out = args.out or common.default_run_dir(SCRIPT)
     checkpoint, resume_path = checkpoints.find_resume_checkpoint(args.resume, out, SCRIPT, device)
     if checkpoint is not None:  # a resumed run keeps its settings: classes, model, data, budget...
-        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path, CHANGEABLE_ON_RESUME)
+        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path,
+                                                    CHANGEABLE_ON_RESUME)
     args.precision = common.pick_precision(args.precision, device)  # auto: bf16 where it is native
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls and convolutions: TF32 on Ampere+
     torch.backends.cudnn.allow_tf32 = True
@@ -302,7 +317,8 @@ def train(args):
     networks, optimizers = build(args, device)
     generator = networks["generator"]
     ema_generator = copy.deepcopy(generator).requires_grad_(False) if args.ema > 0 else None
-    fixed_noise = torch.randn(SAMPLES_PER_ROW, args.nz, 1, 1, generator=torch.Generator().manual_seed(args.seed))
+    noise_seed = torch.Generator().manual_seed(args.seed)
+    fixed_noise = torch.randn(SAMPLES_PER_ROW, args.nz, 1, 1, generator=noise_seed)
     fixed_noise = fixed_noise.repeat(num_classes, 1, 1, 1).to(device)
     fixed_labels = torch.arange(num_classes, device=device).repeat_interleave(SAMPLES_PER_ROW)
     saved = dict(networks, **({"generator_ema": ema_generator} if ema_generator else {}))
@@ -342,7 +358,8 @@ def train(args):
     with common.GracefulExit() as stop:
         while step < last_step:
             real_images, real_labels = loader.batch(step)
-            values = train_step(models, optimizers, {"images": real_images, "labels": real_labels}, args)
+            batch = {"images": real_images, "labels": real_labels}
+            values = train_step(models, optimizers, batch, args)
             if ema_generator is not None:
                 update_ema(ema_generator, generator, args.ema, step)
             step += 1
@@ -413,10 +430,12 @@ def generate(args):
     device = common.pick_device(args.device)
     checkpoint = checkpoints.load_checkpoint(args.checkpoint, SCRIPT, map_location=device)
     settings, chars = checkpoint["args"], checkpoint["args"].get("chars")
-    if not (isinstance(chars, (list, tuple)) and len(chars) > 1 and all(isinstance(c, str) for c in chars)):
+    if not (isinstance(chars, (list, tuple)) and len(chars) > 1
+            and all(isinstance(c, str) for c in chars)):
         raise common.UserError(f"{args.checkpoint}: its chars {chars!r} are not 2+ class names")
     generator = checkpoints.rebuild(build_generator, settings, args.checkpoint).to(device)
-    checkpoints.load_weights(generator, checkpoint.get("generator_ema", checkpoint["generator"]), args.checkpoint)
+    weights = checkpoint.get("generator_ema", checkpoint["generator"])
+    checkpoints.load_weights(generator, weights, args.checkpoint)
     nz = settings["nz"]
     # The same N noise vectors in every row, so a column shows one "handwriting" as every letter.
     noise = torch.randn(args.generate, nz, 1, 1, generator=torch.Generator().manual_seed(args.seed))
@@ -429,7 +448,8 @@ def generate(args):
         rows = torch.arange(8) % len(chars)
         walks = image_io.interpolation_noise(8, 10, nz, args.seed).to(device)
         sheet = sample(generator, walks, rows.repeat_interleave(10))
-        written.append(image_io.save_grid(sheet, sheets[0], nrow=10, row_labels=[chars[i] for i in rows]))
+        written.append(image_io.save_grid(sheet, sheets[0], nrow=10,
+                                          row_labels=[chars[i] for i in rows]))
         blend = torch.zeros(10, len(chars))
         blend[:, 0], blend[:, 1] = torch.linspace(1, 0, 10), torch.linspace(0, 1, 10)
         sheet = sample(generator, walks[::10].repeat_interleave(10, 0), blend.repeat(8, 1))

@@ -44,7 +44,8 @@ EYE_COLOURS = ("gray", "black", "orange", "pink", "yellow", "aqua", "purple", "g
 N_HAIR, N_EYES = len(HAIR_COLOURS), len(EYE_COLOURS)
 EVAL = {"dataset": "faces", "conditioning": "attributes", "num_classes": [N_HAIR, N_EYES],
         "class_names": {"hair": list(HAIR_COLOURS), "eyes": list(EYE_COLOURS)}}
-DEFAULT_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classifiers", "faces.pt")
+DEFAULT_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                  "classifiers", "faces.pt")
 # The rows of the report's figures: the five tag pairs of the course's testing_tags.txt.
 REPORT_PAIRS = ["blue hair blue eyes", "blue hair green eyes", "blue hair red eyes",
                 "green hair blue eyes", "green hair red eyes"]
@@ -270,7 +271,8 @@ def load_anime(data_dir, image_size, verbose=True):
     untagged = len(set(files) - {image_id for image_id, _, _ in rows})
     if verbose:
         note = f" ({dropped} tag lines without exactly one hair and one eye colour dropped)"
-        print(f"loaded {len(arrays)} faces from {image_dir}{note if dropped else ''}", file=sys.stderr)
+        print(f"loaded {len(arrays)} faces from {image_dir}{note if dropped else ''}",
+              file=sys.stderr)
         if untagged:
             print(f"note: {untagged} images in {image_dir} have no usable tags in {tag_name} and "
                   f"are not used", file=sys.stderr)
@@ -304,7 +306,8 @@ def wrong_tags(labels):
     which = torch.randint(0, 3, (labels.shape[0],), device=labels.device)  # hair, eyes, both
     hair_shift = torch.randint(1, N_HAIR, which.shape, device=labels.device) * (which != 1)
     eye_shift = torch.randint(1, N_EYES, which.shape, device=labels.device) * (which != 0)
-    return torch.stack([(labels[:, 0] + hair_shift) % N_HAIR, (labels[:, 1] + eye_shift) % N_EYES], 1)
+    return torch.stack([(labels[:, 0] + hair_shift) % N_HAIR,
+                        (labels[:, 1] + eye_shift) % N_EYES], 1)
 
 
 # ---------------------------------------------------------------------------
@@ -375,7 +378,8 @@ class Discriminator(nn.Module):
         features = self.first(images)
         colour_logits = self.classifier(features).flatten(1) if classify else None
         if self.conditional:
-            tags = torch.cat([self.hair_embedding(labels[:, 0]), self.eye_embedding(labels[:, 1])], 1)
+            tags = torch.cat([self.hair_embedding(labels[:, 0]),
+                              self.eye_embedding(labels[:, 1])], 1)
             tag_map = tags[:, :, None, None].expand(-1, -1, features.shape[2], features.shape[3])
             features = torch.cat([features, tag_map.to(features.dtype)], 1)
         logits = self.rest(features).flatten()
@@ -629,7 +633,8 @@ def train(args):
     out = args.out = args.out or common.default_run_dir(SCRIPT)
     checkpoint, resume_path = checkpoints.find_resume_checkpoint(args.resume, out, SCRIPT, device)
     if checkpoint is not None:  # a resumed run keeps its settings: model, data, budget, precision
-        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path, CHANGEABLE_ON_RESUME)
+        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path,
+                                                    CHANGEABLE_ON_RESUME)
     args.precision = common.pick_precision(args.precision, device)  # auto: bf16 where it is native
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls and convolutions: TF32 on Ampere+
     torch.backends.cudnn.allow_tf32 = True
@@ -678,7 +683,8 @@ def train(args):
         checkpoints.adopt_checkpoint(out, checkpoint, resume_path)
     if master and not os.path.isfile(os.path.join(out, "config.json")):
         common.write_config(out, args, SCRIPT, device, {"training_images": len(images)})
-        image_io.save_grid(real_reference, os.path.join(out, "real.png"), nrow=8, title="real images")
+        image_io.save_grid(real_reference, os.path.join(out, "real.png"), nrow=8,
+                           title="real images")
     if master:
         print(f"{SCRIPT}: {out}, {device}, {args.precision}, step {step} of {last_step}")
     log = common.TrainLog(out, args, dist, last_step, step, checkpoint, desc=SCRIPT)
@@ -793,11 +799,14 @@ def generate(args):
     if args.interpolate:  # 8 rows, each a walk through the latent space between two random points
         rows = [args.show[r % len(args.show)] for r in range(8)]  # the --show pairs in turn
         _, walk_labels, names = grid_inputs(rows, nz, 10, args.seed, conditional, device)
-        walk = sample(generator, image_io.interpolation_noise(8, 10, nz, args.seed).to(device), walk_labels)
-        written.append(image_io.save_grid(walk, stem + "_interpolation.png", nrow=10, row_labels=names))
+        walk_noise = image_io.interpolation_noise(8, 10, nz, args.seed).to(device)
+        walk = sample(generator, walk_noise, walk_labels)
+        written.append(image_io.save_grid(walk, stem + "_interpolation.png", nrow=10,
+                                          row_labels=names))
         if conditional:
             sheet, names = tag_interpolation(generator, args.show, args.seed)
-            written.append(image_io.save_grid(sheet, stem + "_conditions.png", nrow=10, row_labels=names))
+            written.append(image_io.save_grid(sheet, stem + "_conditions.png", nrow=10,
+                                              row_labels=names))
     print("wrote " + ", ".join(written))
     if args.cascade:
         import judges

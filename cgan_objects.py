@@ -42,8 +42,10 @@ OBJECTS = [f"{colour} {shape}" for shape in ("cube", "sphere", "cylinder")
            for colour in ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")]
 N_OBJECTS, MAX_OBJECTS = len(OBJECTS), 3  # OBJECTS[8 * shape + colour], as in objects.json
 OBJECT_INDEX = {name: i for i, name in enumerate(OBJECTS)}
-EVAL = {"dataset": "objects", "conditioning": "multi-hot", "num_classes": N_OBJECTS, "class_names": OBJECTS}
-DEFAULT_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classifiers", "objects.pt")
+EVAL = {"dataset": "objects", "conditioning": "multi-hot", "num_classes": N_OBJECTS,
+        "class_names": OBJECTS}
+DEFAULT_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                  "classifiers", "objects.pt")
 LIST_FILES = ("test.json", "new_test.json")
 VALIDATION_MAKE_UP = {1: 3, 2: 12, 3: 17}  # objects per condition: how many (32, 78 labels)
 SCORE_REPEATS = 10  # noise draws behind the steadier *_mean scores
@@ -188,7 +190,8 @@ def read_object_index(folder):
     index = read_json(path, "objects.json")
     if (not isinstance(index, dict) or not all(type(v) is int for v in index.values())
             or sorted(index.values()) != list(range(N_OBJECTS))):
-        raise common.UserError(f"{path} must map {N_OBJECTS} names to whole numbers 0..{N_OBJECTS - 1}")
+        raise common.UserError(
+            f"{path} must map {N_OBJECTS} names to whole numbers 0..{N_OBJECTS - 1}")
     return index
 
 
@@ -261,7 +264,8 @@ def load_iclevr(data_dir, image_size):
     if not isinstance(train, dict) or not train:
         raise common.UserError(f"{data_dir}/train.json must map file names to object lists")
     files = sorted(train)
-    labels = torch.stack([condition_vector(train[f], index, f"train.json entry {f!r}") for f in files])
+    labels = torch.stack([condition_vector(train[f], index, f"train.json entry {f!r}")
+                          for f in files])
     cache = os.path.join(data_dir, f"cache_{image_size}px.pt")
     if os.path.isfile(cache):
         try:
@@ -282,7 +286,8 @@ def load_iclevr(data_dir, image_size):
         print(f"warning: {len(missing)} of {len(files)} images listed in train.json are missing "
               f"from {folder} (first: {missing[0]}); training on the other {len(kept)}",
               file=sys.stderr)
-    pictures = (image_io.read_image(os.path.join(folder, files[i])) for i in kept)  # one-line errors
+    pictures = (image_io.read_image(os.path.join(folder, files[i]))  # one-line errors
+                for i in kept)
     arrays = np.stack([np.asarray(p.resize((image_size,) * 2, Image.BILINEAR)) for p in pictures])
     images = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
     kept = torch.tensor(kept)
@@ -598,7 +603,8 @@ def train(args):
     out = args.out = args.out or common.default_run_dir(SCRIPT)
     checkpoint, resume_path = checkpoints.find_resume_checkpoint(args.resume, out, SCRIPT, device)
     if checkpoint is not None:  # a resumed run keeps its settings: model, data, budget, precision
-        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path, CHANGEABLE_ON_RESUME)
+        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path,
+                                                    CHANGEABLE_ON_RESUME)
     args.precision = common.pick_precision(args.precision, device)  # auto: bf16 where it is native
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls and convolutions: TF32 on Ampere+
     torch.backends.cudnn.allow_tf32 = True
@@ -696,7 +702,8 @@ def train(args):
                                           step, fake_labels=twice, real_labels=real_pairs)
                 for name, prefix in (("new_test", "new_test_"), ("test", "")):  # grid: test's
                     grid = os.path.join(out, "samples", f"{prefix}epoch_{epoch:03d}.png")
-                    image_io.save_grid(drawn[name], grid, nrow=8,  # 8 a row, as the reports submitted
+                    # 8 a row, as the reports submitted
+                    image_io.save_grid(drawn[name], grid, nrow=8,
                                        title=f"{name}.json, epoch {epoch}, step {step}",
                                        captions=[describe(c) for c in lists[name]])
                 image_io.save_gif(sorted(glob.glob(os.path.join(out, "samples", "epoch_*.png"))),

@@ -51,18 +51,22 @@ def parse_args(argv=None):
     g.add_argument("--folders", nargs="+", help="--data folder: these numbered folders")
     g.add_argument("--no-transpose", action="store_true", help="keep EMNIST images as stored")
     g.add_argument("--emnist-split", default="balanced", help="--data emnist: the EMNIST split")
-    g.add_argument("--n-per-class", type=common.positive_int, default=2400, help="synthetic: per character")
+    g.add_argument("--n-per-class", type=common.positive_int, default=2400,
+                   help="synthetic: per character")
     g.add_argument("--image-size", type=int, choices=[32, 64], default=32, help="height and width")
     g = parser.add_argument_group("model and training")
     g.add_argument("--nz", type=common.positive_int, default=100, help="size of the noise vector")
     g.add_argument("--ngf", type=common.positive_int, default=32, help="G's last feature maps")
     g.add_argument("--ndf", type=common.positive_int, default=32, help="D's first feature maps")
     g.add_argument("--epochs", type=common.positive_int, default=15, help="passes over the images")
-    g.add_argument("--batch-size", type=common.positive_int, default=64, help="images per step per process")
-    g.add_argument("--lr", type=common.positive_float, nargs="+", default=[5e-4], help="Adam rate(s), one run each")
+    g.add_argument("--batch-size", type=common.positive_int, default=64,
+                   help="images per step per process")
+    g.add_argument("--lr", type=common.positive_float, nargs="+", default=[5e-4],
+                   help="Adam rate(s), one run each")
     g.add_argument("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1")
     g.add_argument("--beta2", type=common.unit_interval, default=0.999, help="Adam beta2")
-    g.add_argument("--ema", type=common.unit_interval, default=0.0, help="decay of the weights' EMA (0: off)")
+    g.add_argument("--ema", type=common.unit_interval, default=0.0,
+                   help="decay of the weights' EMA (0: off)")
     g.add_argument("--seed", type=common.seed, default=0, help="seed of data order, weights, noise")
     g = parser.add_argument_group("run")
     g.add_argument("--out", help="folder of the runs (default runs/<script>-<time>)")
@@ -78,12 +82,15 @@ def parse_args(argv=None):
     g.add_argument("--skip-nonfinite", action="store_true", help="skip steps with a NaN/inf loss")
     g = parser.add_argument_group("logging, samples, checkpoints")
     g.add_argument("--log-every", type=common.positive_int, default=50, help="log every N steps")
-    g.add_argument("--sample-every", type=common.positive_int, default=10, help="grid every N epochs")
-    g.add_argument("--save-every", type=common.positive_int, default=10, help="epoch_NNN.pt every N epochs")
+    g.add_argument("--sample-every", type=common.positive_int, default=10,
+                   help="grid every N epochs")
+    g.add_argument("--save-every", type=common.positive_int, default=10,
+                   help="epoch_NNN.pt every N epochs")
     g.add_argument("--track", action="store_true", help="also log to TensorBoard (<run>/tb)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (batch jobs)")
     g = parser.add_argument_group("generate (no training)")
-    g.add_argument("--generate", type=common.positive_int, metavar="N", help="N samples from --checkpoint")
+    g.add_argument("--generate", type=common.positive_int, metavar="N",
+                   help="N samples from --checkpoint")
     g.add_argument("--checkpoint", help="with --generate: the checkpoint to sample from")
     g.add_argument("--grid-out", help="with --generate: grid PNG (default next to the checkpoint)")
     g.add_argument("--png-dir", help="with --generate: also one PNG per sample, in a new folder")
@@ -131,7 +138,8 @@ def load_folder(args):
 
 
 def load_data(args):
-    return {"synthetic": load_synthetic, "emnist": load_emnist, "folder": load_folder}[args.data](args)
+    loaders = {"synthetic": load_synthetic, "emnist": load_emnist, "folder": load_folder}
+    return loaders[args.data](args)
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +152,8 @@ class Generator(nn.Module):
         super().__init__()
         doublings = {32: 3, 64: 4}[image_size]  # from 4x4 to the image size
         width = ngf * 2 ** (doublings - 1)
-        layers = [nn.ConvTranspose2d(nz, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        layers = [nn.ConvTranspose2d(nz, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width),
+                  nn.ReLU(True)]
         for _ in range(doublings - 1):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
                        nn.BatchNorm2d(width // 2), nn.ReLU(True)]
@@ -162,7 +171,8 @@ class Discriminator(nn.Module):
     def __init__(self, ndf=32, image_size=32, channels=1):
         super().__init__()
         halvings = {32: 3, 64: 4}[image_size]  # from the image size down to 4x4
-        layers, width = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)], ndf
+        layers = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        width = ndf
         for _ in range(halvings - 1):
             layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
                        nn.LeakyReLU(0.2, True)]
@@ -261,9 +271,11 @@ def setup(args, name, lr, dist):
     folder = f"{name}_lower" if len(name) == 1 and name.islower() else name
     out = os.path.join(args.out, folder, *([f"lr_{lr:g}"] if len(args.lr) > 1 else []))
     args = argparse.Namespace(**{**vars(args), **one, "lr": lr, "out": out})
-    checkpoint, resume_path = checkpoints.find_resume_checkpoint(args.resume, out, SCRIPT, dist.device)
+    checkpoint, resume_path = checkpoints.find_resume_checkpoint(args.resume, out, SCRIPT,
+                                                                 dist.device)
     if checkpoint is not None:  # a resumed run keeps its settings: model, data, budget, precision
-        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path, CHANGEABLE_ON_RESUME)
+        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path,
+                                                    CHANGEABLE_ON_RESUME)
     args.precision = common.pick_precision(args.precision, dist.device)  # auto: bf16 if native
     images = load_data(args)[name]
     loader = image_io.DeviceLoader(images, None, args.batch_size, dist.device, seed=args.seed,
@@ -282,7 +294,8 @@ def train_one(args, name, images, loader, checkpoint, resume_path, dist):
     networks, optimizers = build(args, device)
     generator = networks["generator"]
     ema_generator = copy.deepcopy(generator).requires_grad_(False) if args.ema > 0 else None
-    fixed_noise = torch.randn(64, args.nz, 1, 1, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    noise_seed = torch.Generator().manual_seed(args.seed)
+    fixed_noise = torch.randn(64, args.nz, 1, 1, generator=noise_seed).to(device)
     saved = dict(networks, **({"generator_ema": ema_generator} if ema_generator else {}))
     step = 0
     if checkpoint is not None:
@@ -303,8 +316,10 @@ def train_one(args, name, images, loader, checkpoint, resume_path, dist):
     if master and checkpoint is not None:
         checkpoints.adopt_checkpoint(out, checkpoint, resume_path)
     if master and not os.path.isfile(os.path.join(out, "config.json")):
-        common.write_config(out, args, SCRIPT, device, {"character": name, "training_images": len(images)})
-        image_io.save_grid(real_reference, os.path.join(out, "real.png"), title=f"real images: {name}")
+        common.write_config(out, args, SCRIPT, device,
+                            {"character": name, "training_images": len(images)})
+        image_io.save_grid(real_reference, os.path.join(out, "real.png"),
+                           title=f"real images: {name}")
     if master:
         print(f"{SCRIPT}: {out}, {device}, {args.precision}, step {step} of {last_step}")
     log = common.TrainLog(out, args, dist, last_step, step, checkpoint, f"{name} lr={args.lr:g}")
@@ -313,7 +328,8 @@ def train_one(args, name, images, loader, checkpoint, resume_path, dist):
     grid, epoch = None, -(-step // steps_per_epoch)
     with common.GracefulExit() as stop:
         while step < last_step:
-            values = train_step(models, optimizers, {"images": loader.batch(step)[0], "labels": None}, args)
+            batch = {"images": loader.batch(step)[0], "labels": None}
+            values = train_step(models, optimizers, batch, args)
             if ema_generator is not None:
                 update_ema(ema_generator, generator, args.ema, step)
             step += 1
@@ -345,9 +361,9 @@ def train_one(args, name, images, loader, checkpoint, resume_path, dist):
             keep = epoch_done and epoch % args.save_every == 0
             copies = [f"epoch_{epoch:03d}.pt"] if keep else []  # written after last.pt
             if master:
-                checkpoint = {"format": checkpoints.CHECKPOINT_FORMAT, "script": SCRIPT, "char": name,
-                              "args": common.plain_args(args), "step": step, "epoch": epoch,
-                              "finished": finished, "world_size": dist.world_size,
+                checkpoint = {"format": checkpoints.CHECKPOINT_FORMAT, "script": SCRIPT,
+                              "char": name, "args": common.plain_args(args), "step": step,
+                              "epoch": epoch, "finished": finished, "world_size": dist.world_size,
                               **{key: module.state_dict() for key, module in saved.items()},
                               "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()},
                               "rng": checkpoints.rng_state(), "fixed_noise": fixed_noise.cpu(),
@@ -405,13 +421,15 @@ def generate(args):
     generator = checkpoints.rebuild(build_generator, settings, args.checkpoint).to(device)
     weights = checkpoint.get("generator_ema", checkpoint["generator"])  # the average, if trained
     checkpoints.load_weights(generator, weights, args.checkpoint)
-    noise = torch.randn(args.generate, settings["nz"], 1, 1, generator=torch.Generator().manual_seed(args.seed))
+    noise_seed = torch.Generator().manual_seed(args.seed)
+    noise = torch.randn(args.generate, settings["nz"], 1, 1, generator=noise_seed)
     images = sample(generator, noise.to(device))
     written = [image_io.save_grid(images, grid_path, nrow=min(8, args.generate))]
     if args.png_dir:
         written.append(image_io.save_pngs(images, args.png_dir))
     if args.interpolate:  # 8 rows, each a walk through the latent space between two random points
-        sheet = sample(generator, image_io.interpolation_noise(8, 10, settings["nz"], args.seed).to(device))
+        walks = image_io.interpolation_noise(8, 10, settings["nz"], args.seed).to(device)
+        sheet = sample(generator, walks)
         written.append(image_io.save_grid(sheet, sheet_path, nrow=10))
     print(f"wrote {args.generate} samples of {checkpoint.get('char', '?')!r}: {', '.join(written)}")
     return grid_path

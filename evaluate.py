@@ -137,7 +137,8 @@ def parse_args(argv=None):
     g.add_argument("--export-data", choices=("cifar10",), default=None,
                    help="with --export-generator: record the official CIFAR-10 in data/ as its "
                         "training data (evaluate.py's default reference) instead of the run's own "
-                        "--data and --data-dir (say a JPEG copy in a folder of the training machine)")
+                        "--data and --data-dir (say a JPEG copy in a folder of the training "
+                        "machine)")
     g = parser.add_argument_group("classifiers")
     g.add_argument("--classifier", default=None,
                    help="classifier file for the accuracy score (default "
@@ -580,7 +581,8 @@ class LoadedCheckpoint:
 
 def sample_batches(loaded, n_samples, batch_size, seed, labels_all=None, noise_rng=None):
     """(index of the first, images in [-1, 1]) batch by batch: the samples evaluate.py scores for
-    this seed (so a folder of them written with image_io.save_pngs scores the same as the checkpoint).
+    this seed (so a folder of them written with image_io.save_pngs scores the same as the
+    checkpoint).
     """
     device = loaded.device
     if labels_all is None:
@@ -914,10 +916,10 @@ def file_kind(path):
 
 
 def check_output_file(path, what, kind, overwrite=False):
-    """An output flag's path, checked before any work: writable (image_io.check_output_path), and when
-    the file exists it must hold what this flag writes (`kind`: 'table', 'png' or a classifier's
-    script name) unless --overwrite. A checkpoint given by mistake (`--csv runs/x/*.pt`) is never
-    replaced."""
+    """An output flag's path, checked before any work: writable (image_io.check_output_path), and
+    when the file exists it must hold what this flag writes (`kind`: 'table', 'png' or a
+    classifier's script name) unless --overwrite. A checkpoint given by mistake
+    (`--csv runs/x/*.pt`) is never replaced."""
     image_io.check_output_path(path, what)
     if overwrite or not os.path.exists(path):
         return path

@@ -309,8 +309,8 @@ class InceptionFeatures(nn.Module):
     def forward(self, images, bf16=False):
         if images.dtype == torch.uint8:
             pixels = images.float()
-        # 8 bits exactly as saving PNGs (image_io.to_image_uint8): a folder of the samples scores the
-        # same
+        # 8 bits exactly as saving PNGs (image_io.to_image_uint8): a folder of the samples scores
+        # the same
         else:
             pixels = ((images.float() + 1) / 2).clamp_(0, 1).mul_(255).round_()
         if pixels.shape[1] == 1:
@@ -456,11 +456,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 
 
 def trace_sqrt_product(sigma1, sigma2):
-    """Tr((sigma1 sigma2)^1/2) of two covariance matrices. With a = L L^T (Cholesky) for one of them,
-    L^T b L is symmetric and has the eigenvalues of a b: their square roots sum to the trace (values
-    only, no eigenvectors). Where neither is positive definite (fewer samples than dimensions), the
-    square root of sigma1 from `eigh` takes L's place. Rounding makes tiny negative eigenvalues of
-    these positive semi-definite matrices: they count as 0; larger ones are refused."""
+    """Tr((sigma1 sigma2)^1/2) of two covariance matrices. With a = L L^T (Cholesky) for one of
+    them, L^T b L is symmetric and has the eigenvalues of a b: their square roots sum to the trace
+    (values only, no eigenvectors). Where neither is positive definite (fewer samples than
+    dimensions), the square root of sigma1 from `eigh` takes L's place. Rounding makes tiny negative
+    eigenvalues of these positive semi-definite matrices: they count as 0; larger ones are
+    refused."""
     for a, b in ((sigma1, sigma2), (sigma2, sigma1)):
         try:
             factor = np.linalg.cholesky(a)

@@ -106,7 +106,8 @@ def to_uint8_images(images, image_size, channels):
     elif images.shape[1] != channels:
         images = images[:, :channels].contiguous()
     if images.shape[-2:] != (image_size, image_size):
-        resized = torch.empty((len(images), images.shape[1], image_size, image_size), dtype=torch.uint8)
+        resized = torch.empty((len(images), images.shape[1], image_size, image_size),
+                              dtype=torch.uint8)
         for i in range(0, len(images), 1024):  # in chunks: one float copy at a time, not of all
             resized[i:i + 1024] = resize_pixels(images[i:i + 1024].float(), image_size)
         images = resized
@@ -114,8 +115,9 @@ def to_uint8_images(images, image_size, channels):
 
 
 def resize_pixels(pixels, image_size):
-    """Float pixel values (N, C, H, W) in [0, 255] at `image_size`: area averaging to shrink, bilinear
-    to enlarge, rounded to whole values (the same numbers as a uint8 image resized once)."""
+    """Float pixel values (N, C, H, W) in [0, 255] at `image_size`: area averaging to shrink,
+    bilinear to enlarge, rounded to whole values (the same numbers as a uint8 image resized
+    once)."""
     shrink = pixels.shape[-1] > image_size
     mode, corners = ("area", None) if shrink else ("bilinear", False)
     resized = F.interpolate(pixels, size=(image_size, image_size), mode=mode, align_corners=corners)
@@ -275,10 +277,11 @@ class DeviceLoader:
 
     No DataLoader workers and no PIL in the loop: a batch is an index_select plus a float conversion
     on the device. `batch(step)` depends only on (seed, step): an epoch's shuffle comes from (seed,
-    epoch), so a run resumed at any step sees exactly the batches it would have seen. Under DDP every
-    rank takes a disjoint slice of the same permutation. Images stored at another size than
+    epoch), so a run resumed at any step sees exactly the batches it would have seen. Under DDP
+    every rank takes a disjoint slice of the same permutation. Images stored at another size than
     `image_size` (CIFAR-10's 32 px for a 64 px run) are resized batch by batch, to the values
-    to_uint8_images would store: a quarter of the memory, and no resize of the whole set at start."""
+    to_uint8_images would store: a quarter of the memory, and no resize of the whole set at
+    start."""
 
     def __init__(self, images, labels=None, batch_size=64, device="cpu", seed=0, flip=False,
                  rank=0, world_size=1, normalize=True, image_size=None):

@@ -81,7 +81,8 @@ class Classifier(nn.Module):
 
 def to_classifier_input(images, channels):
     """Images in [-1, 1] (or uint8) -> float [-1, 1] at 32x32 with `channels`, resized as the
-    training data is (area when shrinking, bilinear when enlarging; see image_io.to_uint8_images)."""
+    training data is (area when shrinking, bilinear when enlarging; see
+    image_io.to_uint8_images)."""
     x = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
     if x.shape[1] == 3 and channels == 1:
         luma = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
@@ -185,8 +186,8 @@ def train_classifier(dataset, out_path=None, data=None, device="cpu", seed=0, ep
     ceiling_on = "embedded" if dataset == "letters" and data is None else "real"
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     checkpoints.save_checkpoint(out_path, {
-        "format": checkpoints.CHECKPOINT_FORMAT, "script": f"{dataset}_classifier", "classes": classes,
-        "channels": channels, "width": width,
+        "format": checkpoints.CHECKPOINT_FORMAT, "script": f"{dataset}_classifier",
+        "classes": classes, "channels": channels, "width": width,
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
         "held_out_accuracy": accuracy, "trained_on": trained_on, "ceiling_on": ceiling_on,
         "class_spread": spread})
@@ -710,7 +711,8 @@ def faces_count(sheet_path_or_images, cascade_path):
         grey = np.asarray(image_io.read_image(str(sheet_path_or_images), "L"))
     else:
         images = image_io.to_image_uint8(sheet_path_or_images)
-        if images.shape[-1] < 64:  # image_io.save_grid enlarges small faces (nearest) to about 128 px
+        # image_io.save_grid enlarges small faces (nearest) to about 128 px
+        if images.shape[-1] < 64:
             images = F.interpolate(images, scale_factor=128 // images.shape[-1], mode="nearest")
         grey = cv2.cvtColor(image_io.image_grid(images, 5, padding=0), cv2.COLOR_RGB2GRAY)
     found = cascade.detectMultiScale(cv2.equalizeHist(grey), scaleFactor=1.1, minNeighbors=5,

@@ -363,7 +363,8 @@ def train(args):
     out = args.out = args.out or common.default_run_dir(SCRIPT)
     checkpoint, resume_path = checkpoints.find_resume_checkpoint(args.resume, out, SCRIPT, device)
     if checkpoint is not None:  # a resumed run keeps its settings: model, data, budget, precision
-        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path, CHANGEABLE_ON_RESUME)
+        args = checkpoints.settings_from_checkpoint(args, checkpoint, resume_path,
+                                                    CHANGEABLE_ON_RESUME)
     args.precision = common.pick_precision(args.precision, device)  # auto: bf16 where it is native
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls and convolutions: TF32 on Ampere+
     torch.backends.cudnn.allow_tf32 = True

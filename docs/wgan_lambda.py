@@ -1,7 +1,7 @@
-"""docs/wgan_lambda.png: wgan_gp_cifar.py with --lambda 1 and --lambda 10 side by side against generator
-steps: FID-2k of each checkpoint (5,000 training images), the critic's Wasserstein estimate and the gradient
-norm at the interpolates (each the mean of one epoch's log rows). The numbers are in wgan_lambda.csv; how they
-were made: wgan_gp_cifar.md.
+"""docs/wgan_lambda.png: wgan_gp_cifar.py with --lambda 1 and --lambda 10 side by side against
+generator steps: FID-2k of each checkpoint (5,000 training images), the critic's Wasserstein
+estimate and the gradient norm at the interpolates (each the mean of one epoch's log rows). The
+numbers are in wgan_lambda.csv; how they were made: wgan_gp_cifar.md.
 
 Run: python docs/wgan_lambda.py
 """

@@ -16,6 +16,8 @@ Run:
     python acgan_cifar.py                          # 64 px, batch 128, 40 epochs (coursework)
     python acgan_cifar.py --image-size 32 --batch-size 100 --classifier-loss paper  # paper's loss
     python acgan_cifar.py --class-input concat     # the collapsing class input (for comparison)
+    python acgan_cifar.py --image-size 32 --batch-size 64 --ngf 96 --ndf 96  # wider networks:
+        # FID-10k 29.3 after 20,000 steps, against 37.8 at the default width (docs/acgan_cifar.md)
     python acgan_cifar.py --data synthetic --epochs 5              # offline: coloured letters
     python acgan_cifar.py --data folder --data-dir my_images/      # one subfolder per class
     python acgan_cifar.py --generate 100 --checkpoint runs/<run>/last.pt --interpolate   # samples

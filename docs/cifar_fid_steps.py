@@ -1,8 +1,9 @@
 """docs/cifar_fid_steps.png: FID against generator steps of the three CIFAR-10 scripts
-(wgan_gp_cifar also with the paper's optimiser), with published points beside them. Our measurements
-are in cifar_fid_steps.csv (script, generator step, metric, value; how each was made:
-docs/dcgan_cifar.md, acgan_cifar.md, wgan_gp_cifar.md); the published points are below, each checked
-against its source (StudioGAN's 2020 logs, logs/CIFAR10/*.log; TTUR's Results/figures).
+(wgan_gp_cifar also with the paper's optimiser, acgan_cifar also at width 96), with published
+points beside them. Our measurements are in cifar_fid_steps.csv (script, generator step, metric,
+value; how each was made: docs/dcgan_cifar.md, acgan_cifar.md, wgan_gp_cifar.md); the published
+points are below, each checked against its source (StudioGAN's 2020 logs, logs/CIFAR10/*.log;
+TTUR's Results/figures).
 
 Run: python docs/cifar_fid_steps.py
 """
@@ -16,10 +17,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# wgan_gp_cifar with the paper's optimiser, drawn beside its default
+# wgan_gp_cifar with the paper's optimiser and acgan_cifar with wider networks, beside the defaults
 PAPER_ADAM = "wgan_gp_cifar --lr 1e-4 --beta1 0 --beta2 0.9"
+WIDE_ACGAN = "acgan_cifar --ngf 96 --ndf 96"
 COLOURS = {"dcgan_cifar": "tab:blue", "acgan_cifar": "tab:orange", "wgan_gp_cifar": "tab:green",
-           PAPER_ADAM: "tab:olive"}
+           PAPER_ADAM: "tab:olive", WIDE_ACGAN: "tab:red"}
 # (label, colour, marker, [(generator step, FID)]); steps in thousands of generator updates
 PUBLISHED = [
     ("StudioGAN 2020 DCGAN (batch 64, 2 D steps per G step; 10k samples vs test)", "tab:blue", "s",

@@ -3,13 +3,15 @@
 Three generators, each deterministic for a seed and returning uint8 tensors:
 
 - letters(chars, n_per_char, image_size, seed): handwritten-looking characters rendered from the
-  fonts matplotlib ships, with random affine jitter, stroke width and elastic distortion, framed as EMNIST.
+  fonts matplotlib ships, with random affine jitter, stroke width and elastic distortion, framed
+  as EMNIST.
 - scenes(n, image_size, seed): iCLEVR-like multi-object scenes (8 colours x 3 shapes, 1-3 objects).
 - faces(n, image_size, seed): cartoon faces with known hair and eye colours.
 
 Command line (writes the same on-disk formats as the real datasets, for testing the real loaders):
     python synthetic.py letters --out DIR      # DIR/Train/<emnist label>/*.jpeg, the AIML431 layout
-    python synthetic.py objects --out DIR      # i-CLEVR: images + objects.json, train.json, test.json, new_test.json
+    python synthetic.py objects --out DIR      # i-CLEVR: images + objects.json, train.json,
+                                               # test.json, new_test.json
     python synthetic.py faces --out DIR        # MLDS: images/<id>.jpg + tags.csv
 """
 
@@ -43,18 +45,23 @@ from image_io import EMNIST_BALANCED  # index = EMNIST-Balanced label, as in the
 # and scaled to fill the image less a 2/28 border, intensities stretched to 0-255. All per-image
 # work is a few batched tensor operations: 10,000 images take seconds on one CPU core.
 
-LETTER_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # what letters() can draw
+# what letters() can draw
+LETTER_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
-# The text fonts matplotlib ships (its symbol fonts, cmsy10, cmex10 and the STIX size variants, are left out).
+# The text fonts matplotlib ships (its symbol fonts, cmsy10, cmex10 and the STIX size variants,
+# are left out).
 LETTER_FONTS = (
     "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
     "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
     "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmb10.ttf", "cmmi10.ttf", "cmti10.ttf",
 )
 GLYPH_CANVAS = 64  # glyphs are cached on a 64x64 canvas,
-GLYPH_SIDE = 52    # centred, the longer side of their ink 52 px (81%, as EMNIST), leaving room for the pen
+GLYPH_SIDE = 52    # centred, the longer side of their ink 52 px (81%, as EMNIST), leaving room
+                   # for the pen
 
 _FONTS = {}   # font file name -> matplotlib FT2Font, opened once
 _GLYPHS = {}  # char -> (distance maps (glyphs, canvas, canvas), how many are hand-drawn)
@@ -74,7 +81,8 @@ def _font(name):
 
 
 def _render_glyph(font, char):
-    """One glyph's ink (0..1) centred on the canvas, its longer side GLYPH_SIDE px; None if the font lacks it."""
+    """One glyph's ink (0..1) centred on the canvas, its longer side GLYPH_SIDE px; None if the
+    font lacks it."""
     if font.get_char_index(ord(char)) == 0:
         return None
     font.set_size(128, 72)  # render large, then shrink: smooth outlines
@@ -87,7 +95,8 @@ def _render_glyph(font, char):
     ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     scale = GLYPH_SIDE / max(ink.shape)
     h, w = max(1, round(ink.shape[0] * scale)), max(1, round(ink.shape[1] * scale))
-    ink = F.interpolate(ink[None, None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0, 0]
+    ink = F.interpolate(ink[None, None], size=(h, w), mode="bilinear", antialias=True,
+                        align_corners=False)[0, 0]
     canvas = torch.zeros(GLYPH_CANVAS, GLYPH_CANVAS)
     top, left = (GLYPH_CANVAS - h) // 2, (GLYPH_CANVAS - w) // 2
     canvas[top:top + h, left:left + w] = ink.clamp(0, 1)
@@ -95,19 +104,25 @@ def _render_glyph(font, char):
 
 
 def _thinning_tables():
-    """Zhang & Suen (1984) thinning as two lookup tables: 8-neighbour code -> may this ink pixel go?"""
+    """Zhang & Suen (1984) thinning as two lookup tables:
+    8-neighbour code -> may this ink pixel go?"""
     tables = np.zeros((2, 256), dtype=bool)
     for code in range(256):
-        n = [(code >> i) & 1 for i in range(8)]  # neighbours clockwise from north: P2 .. P9 in the paper
+        # neighbours clockwise from north: P2 .. P9 in the paper
+        n = [(code >> i) & 1 for i in range(8)]
         crossings = sum(n[i] == 0 and n[(i + 1) % 8] == 1 for i in range(8))
-        removable = 2 <= sum(n) <= 6 and crossings == 1  # not an end point, and removing it keeps the line connected
-        tables[0, code] = removable and n[0] * n[2] * n[4] == 0 and n[2] * n[4] * n[6] == 0  # south-east pass
-        tables[1, code] = removable and n[0] * n[2] * n[6] == 0 and n[0] * n[4] * n[6] == 0  # north-west pass
+        # not an end point, and removing it keeps the line connected
+        removable = 2 <= sum(n) <= 6 and crossings == 1
+        # south-east pass
+        tables[0, code] = removable and n[0] * n[2] * n[4] == 0 and n[2] * n[4] * n[6] == 0
+        # north-west pass
+        tables[1, code] = removable and n[0] * n[2] * n[6] == 0 and n[0] * n[4] * n[6] == 0
     return tables
 
 
 def _centre_lines(ink):
-    """Thin boolean glyphs (G, H, W) to 1-px centre lines, peeling all glyphs at once until none changes."""
+    """Thin boolean glyphs (G, H, W) to 1-px centre lines, peeling all glyphs at once until none
+    changes."""
     x = np.pad(ink, ((0, 0), (1, 1), (1, 1))).astype(np.uint8)
     tables = _thinning_tables()
     active = np.arange(len(x))
@@ -115,8 +130,9 @@ def _centre_lines(ink):
         changed = np.zeros(len(active), dtype=bool)
         for table in tables:
             p = x[active]
-            code = (p[:, :-2, 1:-1] | p[:, :-2, 2:] << 1 | p[:, 1:-1, 2:] << 2 | p[:, 2:, 2:] << 3
-                    | p[:, 2:, 1:-1] << 4 | p[:, 2:, :-2] << 5 | p[:, 1:-1, :-2] << 6 | p[:, :-2, :-2] << 7)
+            code = (p[:, :-2, 1:-1] | p[:, :-2, 2:] << 1 | p[:, 1:-1, 2:] << 2
+                    | p[:, 2:, 2:] << 3 | p[:, 2:, 1:-1] << 4 | p[:, 2:, :-2] << 5
+                    | p[:, 1:-1, :-2] << 6 | p[:, :-2, :-2] << 7)
             delete = table[code] & (p[:, 1:-1, 1:-1] > 0)
             p[:, 1:-1, 1:-1][delete] = 0
             x[active] = p
@@ -126,25 +142,29 @@ def _centre_lines(ink):
 
 
 def _arc(cx, cy, rx, ry, start, end, points=24):
-    """Points of an elliptical arc from angle `start` to `end` (degrees, 0 = right, 90 = down: y points down)."""
+    """Points of an elliptical arc from angle `start` to `end`
+    (degrees, 0 = right, 90 = down: y points down)."""
     t = np.radians(np.linspace(start, end, points))
     return list(zip(cx + rx * np.cos(t), cy + ry * np.sin(t)))
 
 
 def _bowl(x0, top, bottom, reach, start=-90, end=90):
-    """Points of a half-ellipse bulging right from (x0, top) to (x0, bottom), its rightmost x = reach."""
+    """Points of a half-ellipse bulging right from (x0, top) to (x0, bottom),
+    its rightmost x = reach."""
     return _arc(x0, (top + bottom) / 2, reach - x0, (bottom - top) / 2, start, end)
 
 
 def _loop(cx, cy, rx, ry, start=0):
-    """A closed ellipse, drawn from angle `start` (a pen rarely closes a loop exactly: the jitter takes care)."""
+    """A closed ellipse, drawn from angle `start`
+    (a pen rarely closes a loop exactly: the jitter takes care)."""
     return _arc(cx, cy, rx, ry, start, start + 360, 32)
 
 
-# Hand-drawn stroke forms (polylines in a unit box, x right, y down) for every EMNIST-Balanced class: font glyphs
-# alone are too regular to cover handwriting, and a classifier that saw hand-drawn strokes for some characters
-# only learns "hand-drawn = those characters" (real B's then read as R or 8). Handwriting's own habits are
-# here: A's crossbar overshooting the legs, B's detached or open stem, one-stroke R and P, open-top 4.
+# Hand-drawn stroke forms (polylines in a unit box, x right, y down) for every EMNIST-Balanced
+# class: font glyphs alone are too regular to cover handwriting, and a classifier that saw
+# hand-drawn strokes for some characters only learns "hand-drawn = those characters" (real B's then
+# read as R or 8). Handwriting's own habits are here: A's crossbar overshooting the legs, B's
+# detached or open stem, one-stroke R and P, open-top 4.
 # Each form is drawn in HAND_VARIANTS jittered copies, which join the font glyphs.
 HAND_FORMS = {
     "0": [[_loop(0.5, 0.5, 0.4, 0.5, 270)], [_loop(0.5, 0.5, 0.35, 0.5, 240) + [(0.75, 0.1)]]],
@@ -152,7 +172,8 @@ HAND_FORMS = {
           [[(0.2, 0.25), (0.6, 0), (0.6, 1)]],
           [[(0.25, 0.2), (0.55, 0), (0.55, 1)], [(0.25, 1), (0.85, 1)]]],
     "2": [[_arc(0.5, 0.3, 0.38, 0.3, 190, 380) + [(0.1, 1), (0.9, 1)]],
-          [_arc(0.5, 0.28, 0.4, 0.28, 200, 400) + [(0.15, 0.95), (0.3, 0.85), (0.5, 1), (0.9, 0.95)]]],
+          [_arc(0.5, 0.28, 0.4, 0.28, 200, 400)
+           + [(0.15, 0.95), (0.3, 0.85), (0.5, 1), (0.9, 0.95)]]],
     "3": [[_arc(0.45, 0.25, 0.38, 0.25, 200, 450) + _arc(0.45, 0.75, 0.42, 0.25, 270, 500)[1:]],
           [[(0.1, 0), (0.85, 0), (0.4, 0.4)] + _arc(0.45, 0.7, 0.42, 0.3, 270, 510)]],
     "4": [[[(0.7, 1), (0.7, 0), (0.05, 0.7), (0.95, 0.7)]],
@@ -161,63 +182,83 @@ HAND_FORMS = {
           [[(0.2, 0), (0.15, 0.45)] + _arc(0.48, 0.7, 0.4, 0.3, 215, 500), [(0.2, 0), (0.85, 0)]]],
     "6": [[[(0.75, 0), (0.35, 0.3), (0.12, 0.7)] + _loop(0.5, 0.72, 0.38, 0.28, 180)],
           [_arc(0.5, 0.5, 0.4, 0.5, 300, 180) + _arc(0.5, 0.72, 0.4, 0.28, 180, 520)]],
-    "7": [[[(0.1, 0), (0.9, 0), (0.35, 1)]], [[(0.1, 0.05), (0.9, 0), (0.4, 1)], [(0.35, 0.5), (0.85, 0.5)]]],
-    "8": [[_arc(0.5, 0.25, 0.3, 0.25, 330, 130) + _arc(0.5, 0.75, 0.38, 0.25, 290, 600) + [(0.75, 0.4), (0.8, 0.12)]],
+    "7": [[[(0.1, 0), (0.9, 0), (0.35, 1)]],
+          [[(0.1, 0.05), (0.9, 0), (0.4, 1)], [(0.35, 0.5), (0.85, 0.5)]]],
+    "8": [[_arc(0.5, 0.25, 0.3, 0.25, 330, 130) + _arc(0.5, 0.75, 0.38, 0.25, 290, 600)
+           + [(0.75, 0.4), (0.8, 0.12)]],
           [_arc(0.5, 0.22, 0.25, 0.22, 0, -230) + _arc(0.5, 0.72, 0.4, 0.28, 280, 620)[1:]
            + [(0.65, 0.4), (0.75, 0.2)]],
-          [_arc(0.55, 0.25, 0.3, 0.25, 300, 120) + [(0.65, 0.55), (0.85, 0.75)] + _arc(0.5, 0.75, 0.35, 0.25, 0, 250)
-           + [(0.6, 0.45), (0.8, 0.15)]]],  # one stroke, crossing itself in the middle (a B's bowls meet at its stem)
+          # one stroke, crossing itself in the middle (a B's bowls meet at its stem)
+          [_arc(0.55, 0.25, 0.3, 0.25, 300, 120) + [(0.65, 0.55), (0.85, 0.75)]
+           + _arc(0.5, 0.75, 0.35, 0.25, 0, 250) + [(0.6, 0.45), (0.8, 0.15)]]],
     "9": [[_loop(0.5, 0.3, 0.38, 0.3, 0) + [(0.85, 1)]],
           [_loop(0.45, 0.3, 0.38, 0.3, 0) + _arc(0.55, 0.3, 0.3, 0.7, 0, 110)]],
     "A": [
         [[(0.1, 1), (0.5, 0), (0.9, 1)], [(0.28, 0.62), (0.72, 0.62)]],
         [[(0.15, 1), (0.45, 0.03), (0.55, 0.03), (0.85, 1)], [(0.05, 0.6), (0.95, 0.56)]],
         [[(0.05, 0.95), (0.5, 0), (0.8, 0.9), (0.95, 1)], [(0.3, 0.55), (0.75, 0.6)]],
-        [[(0.1, 1), (0.5, 0), (0.9, 1), (0.75, 0.65), (0.25, 0.65)]],  # crossbar drawn without lifting the pen
-        [[(0.1, 1)] + _arc(0.5, 0.4, 0.35, 0.4, 180, 360) + [(0.9, 1)], [(0.1, 0.6), (0.9, 0.6)]],  # round top
+        # crossbar drawn without lifting the pen
+        [[(0.1, 1), (0.5, 0), (0.9, 1), (0.75, 0.65), (0.25, 0.65)]],
+        # round top
+        [[(0.1, 1)] + _arc(0.5, 0.4, 0.35, 0.4, 180, 360) + [(0.9, 1)], [(0.1, 0.6), (0.9, 0.6)]],
         [[(0.05, 1), (0.6, 0), (0.75, 1)], [(0.0, 0.65), (0.95, 0.6)]],  # leaning, one leg upright
         [[(0.25, 0.65), (0.95, 0.6)], [(0.1, 1), (0.55, 0), (0.85, 1)]],  # bar first, from the left
-        [[(0.2, 1), (0.4, 0.05), (0.5, 0), (0.6, 0.05), (0.8, 1)], [(0.25, 0.55), (0.75, 0.55)]],  # legs almost parallel
+        # legs almost parallel
+        [[(0.2, 1), (0.4, 0.05), (0.5, 0), (0.6, 0.05), (0.8, 1)], [(0.25, 0.55), (0.75, 0.55)]],
         [[(0.1, 1), (0.5, 0), (0.9, 1)], [(0.3, 0.45), (0.7, 0.45)]],  # high crossbar
     ],
     "B": [
         [[(0.2, 0), (0.2, 1)], _bowl(0.2, 0, 0.48, 0.75) + _bowl(0.2, 0.48, 1, 0.85)[1:]],
         [[(0.15, 0.02), (0.2, 1)], _bowl(0.15, 0.02, 0.42, 0.7) + _bowl(0.17, 0.42, 1, 0.9)[1:]],
-        [[(0.08, 0), (0.1, 1)], _bowl(0.25, 0, 0.5, 0.8) + _bowl(0.25, 0.5, 1, 0.85)[1:]],  # stem apart: "13"
-        [[(0.2, 1), (0.2, 0)] + _bowl(0.2, 0, 0.5, 0.8)[1:] + _bowl(0.2, 0.5, 1, 0.9)[1:]],  # one stroke
+        # stem apart: "13"
+        [[(0.08, 0), (0.1, 1)], _bowl(0.25, 0, 0.5, 0.8) + _bowl(0.25, 0.5, 1, 0.85)[1:]],
+        # one stroke
+        [[(0.2, 1), (0.2, 0)] + _bowl(0.2, 0, 0.5, 0.8)[1:] + _bowl(0.2, 0.5, 1, 0.9)[1:]],
         [[(0.1, 0), (0.1, 1)], _bowl(0.1, 0, 0.45, 0.85) + _bowl(0.1, 0.45, 1, 1.0)[1:]],  # wide
-        [[(0.15, 0), (0.15, 1)], _bowl(0.15, 0, 0.38, 0.6) + _bowl(0.15, 0.38, 1, 0.95)[1:]],  # small top bowl
-        [[(0.3, 0), (0.1, 1)], _bowl(0.3, 0, 0.5, 0.95) + _bowl(0.2, 0.5, 1, 0.95)[1:]],  # leaning stem
+        # small top bowl
+        [[(0.15, 0), (0.15, 1)], _bowl(0.15, 0, 0.38, 0.6) + _bowl(0.15, 0.38, 1, 0.95)[1:]],
+        # leaning stem
+        [[(0.3, 0), (0.1, 1)], _bowl(0.3, 0, 0.5, 0.95) + _bowl(0.2, 0.5, 1, 0.95)[1:]],
         [_arc(0.45, 0.5, 0.3, 0.5, 250, 110),  # bent stem
          _bowl(0.3, 0.02, 0.5, 0.85) + _bowl(0.3, 0.5, 0.98, 0.95)[1:]],
-        [[(0.1, 0.05), (0.25, 0)] + _bowl(0.25, 0, 0.48, 0.85)[1:] + [(0.4, 0.48)] + _bowl(0.25, 0.48, 1, 0.95)[1:]
-         + [(0.15, 1)], [(0.2, 0), (0.2, 1)]],  # bowls first, overshooting the stem
-        # one stroke with round corners, up the stem and over: narrow ones read as 8 unless seen here
+        # bowls first, overshooting the stem
+        [[(0.1, 0.05), (0.25, 0)] + _bowl(0.25, 0, 0.48, 0.85)[1:] + [(0.4, 0.48)]
+         + _bowl(0.25, 0.48, 1, 0.95)[1:] + [(0.15, 1)], [(0.2, 0), (0.2, 1)]],
+        # one stroke with round corners, up the stem and over:
+        # narrow ones read as 8 unless seen here
         [[(0.2, 1), (0.15, 0.25)] + _arc(0.45, 0.25, 0.3, 0.25, 180, 450)[1:] + [(0.25, 0.5)]
          + _arc(0.45, 0.75, 0.35, 0.25, 250, 480)[1:]],
         [[(0.3, 0.95), (0.2, 0.1), (0.05, 0.05)],
          _arc(0.4, 0.25, 0.35, 0.22, 200, 450) + _arc(0.4, 0.72, 0.4, 0.27, 260, 490)[1:]],
-        [[(0.2, 0), (0.2, 1)], [(0.2, 0), (0.75, 0.2), (0.25, 0.48), (0.9, 0.75), (0.2, 1)]],  # pointed bowls
-        [[(0.25, 0), (0.25, 1)], _bowl(0.25, 0, 0.4, 0.6) + _bowl(0.1, 0.4, 1, 1.0)[1:]],  # lower bowl past the stem
-        [_arc(0.3, 0.15, 0.15, 0.15, 180, 360) + [(0.3, 1)],  # the stem starts with a hook to the left
+        # pointed bowls
+        [[(0.2, 0), (0.2, 1)], [(0.2, 0), (0.75, 0.2), (0.25, 0.48), (0.9, 0.75), (0.2, 1)]],
+        # lower bowl past the stem
+        [[(0.25, 0), (0.25, 1)], _bowl(0.25, 0, 0.4, 0.6) + _bowl(0.1, 0.4, 1, 1.0)[1:]],
+        # the stem starts with a hook to the left
+        [_arc(0.3, 0.15, 0.15, 0.15, 180, 360) + [(0.3, 1)],
          _bowl(0.3, 0, 0.45, 0.8) + _bowl(0.3, 0.45, 1, 0.95)[1:]],
-        [[(0.0, 0.15), (0.15, 0.02), (0.3, 0)] + _bowl(0.3, 0, 0.5, 0.8)[1:] + _bowl(0.3, 0.5, 1, 0.9)[1:]
-         + [(0.05, 0.97)], [(0.3, 0), (0.28, 1)]],  # bowls from a tail left of the stem, ending past it
+        # bowls from a tail left of the stem, ending past it
+        [[(0.0, 0.15), (0.15, 0.02), (0.3, 0)] + _bowl(0.3, 0, 0.5, 0.8)[1:]
+         + _bowl(0.3, 0.5, 1, 0.9)[1:] + [(0.05, 0.97)], [(0.3, 0), (0.28, 1)]],
         [[(0.2, 1), (0.25, 0)] + _bowl(0.25, 0, 0.45, 0.75)[1:] + [(0.08, 0.5), (0.3, 0.53)]
          + _bowl(0.25, 0.5, 1, 0.9)[1:]],  # one stroke, a small loop where the bowls meet
-        [[(0.25, 0), (0.25, 1)], _bowl(0.25, 0, 0.48, 0.8) + _bowl(0.25, 0.48, 1, 0.9)[1:] + [(0.05, 0.95)]],
+        [[(0.25, 0), (0.25, 1)],
+         _bowl(0.25, 0, 0.48, 0.8) + _bowl(0.25, 0.48, 1, 0.9)[1:] + [(0.05, 0.95)]],
     ],
     "C": [[_arc(0.55, 0.5, 0.45, 0.5, 320, 40)], [_arc(0.5, 0.5, 0.42, 0.5, 300, 70)]],
-    "D": [[[(0.15, 0), (0.15, 1)], _bowl(0.15, 0, 1, 0.9)], [[(0.15, 1), (0.15, 0)] + _bowl(0.15, 0, 1, 0.9)[1:]]],
+    "D": [[[(0.15, 0), (0.15, 1)], _bowl(0.15, 0, 1, 0.9)],
+          [[(0.15, 1), (0.15, 0)] + _bowl(0.15, 0, 1, 0.9)[1:]]],
     "E": [[[(0.85, 0), (0.15, 0), (0.15, 1), (0.85, 1)], [(0.15, 0.5), (0.7, 0.5)]],
-          [[(0.15, 0), (0.15, 1)], [(0.15, 0), (0.85, 0)], [(0.15, 0.5), (0.7, 0.5)], [(0.15, 1), (0.85, 1)]]],
+          [[(0.15, 0), (0.15, 1)], [(0.15, 0), (0.85, 0)], [(0.15, 0.5), (0.7, 0.5)],
+           [(0.15, 1), (0.85, 1)]]],
     "F": [[[(0.85, 0), (0.15, 0), (0.15, 1)], [(0.15, 0.5), (0.7, 0.5)]],
           [[(0.15, 0), (0.15, 1)], [(0.15, 0), (0.85, 0)], [(0.15, 0.45), (0.65, 0.45)]]],
     "G": [[_arc(0.5, 0.5, 0.42, 0.5, 310, 0) + [(0.92, 0.55), (0.55, 0.55)]],
           [_arc(0.5, 0.5, 0.42, 0.5, 300, 20) + [(0.9, 0.6), (0.9, 1)]]],
     "H": [[[(0.15, 0), (0.15, 1)], [(0.85, 0), (0.85, 1)], [(0.15, 0.5), (0.85, 0.5)]],
           [[(0.15, 0), (0.15, 1)], [(0.15, 0.55), (0.85, 0.45)], [(0.85, 0), (0.85, 1)]]],
-    "I": [[[(0.5, 0), (0.5, 1)]], [[(0.2, 0), (0.8, 0)], [(0.5, 0), (0.5, 1)], [(0.2, 1), (0.8, 1)]]],
+    "I": [[[(0.5, 0), (0.5, 1)]],
+          [[(0.2, 0), (0.8, 0)], [(0.5, 0), (0.5, 1)], [(0.2, 1), (0.8, 1)]]],
     "J": [[[(0.75, 0), (0.75, 0.7)] + _arc(0.45, 0.7, 0.3, 0.3, 0, 180)],
           [[(0.3, 0), (0.95, 0)], [(0.7, 0), (0.7, 0.7)] + _arc(0.4, 0.7, 0.3, 0.3, 0, 170)]],
     "K": [[[(0.15, 0), (0.15, 1)], [(0.85, 0), (0.15, 0.55), (0.85, 1)]],
@@ -225,7 +266,8 @@ HAND_FORMS = {
     "L": [[[(0.15, 0), (0.15, 1), (0.85, 1)]], [[(0.2, 0), (0.15, 1)], [(0.15, 1), (0.85, 0.95)]]],
     "M": [[[(0.1, 1), (0.15, 0), (0.5, 0.6), (0.85, 0), (0.9, 1)]],
           [[(0.05, 1), (0.25, 0), (0.5, 0.7), (0.75, 0), (0.95, 1)]]],
-    "N": [[[(0.15, 1), (0.15, 0), (0.85, 1), (0.85, 0)]], [[(0.15, 0), (0.15, 1)], [(0.15, 0), (0.85, 1), (0.85, 0)]]],
+    "N": [[[(0.15, 1), (0.15, 0), (0.85, 1), (0.85, 0)]],
+          [[(0.15, 0), (0.15, 1)], [(0.15, 0), (0.85, 1), (0.85, 0)]]],
     "O": [[_loop(0.5, 0.5, 0.42, 0.5, 270)], [_loop(0.5, 0.5, 0.4, 0.5, 300)]],
     "P": [[[(0.15, 0), (0.15, 1)], _bowl(0.15, 0, 0.55, 0.85)],
           [[(0.15, 1), (0.15, 0)] + _bowl(0.15, 0, 0.5, 0.85)[1:]]],
@@ -233,22 +275,28 @@ HAND_FORMS = {
           [_loop(0.5, 0.45, 0.4, 0.45, 270), [(0.45, 0.75), (0.9, 1)]]],
     "R": [[[(0.15, 0), (0.15, 1)], _bowl(0.15, 0, 0.5, 0.85), [(0.4, 0.5), (0.85, 1)]],
           [[(0.15, 1), (0.15, 0)] + _bowl(0.15, 0, 0.5, 0.8)[1:] + [(0.85, 1)]],
-          [[(0.15, 1), (0.15, 0)] + _bowl(0.15, 0, 0.55, 0.9)[1:] + [(0.5, 0.55), (0.75, 0.9), (0.9, 1)]]],
+          [[(0.15, 1), (0.15, 0)] + _bowl(0.15, 0, 0.55, 0.9)[1:]
+           + [(0.5, 0.55), (0.75, 0.9), (0.9, 1)]]],
     "S": [[_arc(0.5, 0.27, 0.38, 0.27, 340, 90) + _arc(0.5, 0.73, 0.4, 0.27, 270, 520)[1:]],
           [_arc(0.55, 0.25, 0.38, 0.25, 330, 110) + _arc(0.45, 0.72, 0.42, 0.28, 250, 500)[1:]]],
-    "T": [[[(0.05, 0), (0.95, 0)], [(0.5, 0), (0.5, 1)]], [[(0.05, 0.05), (0.95, 0)], [(0.45, 0), (0.55, 1)]]],
+    "T": [[[(0.05, 0), (0.95, 0)], [(0.5, 0), (0.5, 1)]],
+          [[(0.05, 0.05), (0.95, 0)], [(0.45, 0), (0.55, 1)]]],
     "U": [[[(0.15, 0), (0.15, 0.65)] + _arc(0.5, 0.65, 0.35, 0.35, 180, 0) + [(0.85, 0)]],
-          [[(0.15, 0), (0.15, 0.65)] + _arc(0.5, 0.65, 0.35, 0.35, 180, 0) + [(0.85, 0), (0.85, 1)]]],
+          [[(0.15, 0), (0.15, 0.65)] + _arc(0.5, 0.65, 0.35, 0.35, 180, 0)
+           + [(0.85, 0), (0.85, 1)]]],
     "V": [[[(0.1, 0), (0.5, 1), (0.9, 0)]], [[(0.05, 0), (0.45, 1), (0.95, 0)]]],
     "W": [[[(0.05, 0), (0.27, 1), (0.5, 0.3), (0.73, 1), (0.95, 0)]],
           [[(0.05, 0), (0.2, 1), (0.5, 0), (0.8, 1), (0.95, 0)]]],
-    "X": [[[(0.1, 0), (0.9, 1)], [(0.9, 0), (0.1, 1)]], [[(0.15, 0), (0.85, 1)], [(0.8, 0), (0.2, 1)]]],
-    "Y": [[[(0.1, 0), (0.5, 0.5), (0.9, 0)], [(0.5, 0.5), (0.5, 1)]], [[(0.1, 0), (0.5, 0.5)], [(0.9, 0), (0.3, 1)]]],
+    "X": [[[(0.1, 0), (0.9, 1)], [(0.9, 0), (0.1, 1)]],
+          [[(0.15, 0), (0.85, 1)], [(0.8, 0), (0.2, 1)]]],
+    "Y": [[[(0.1, 0), (0.5, 0.5), (0.9, 0)], [(0.5, 0.5), (0.5, 1)]],
+          [[(0.1, 0), (0.5, 0.5)], [(0.9, 0), (0.3, 1)]]],
     "Z": [[[(0.1, 0), (0.9, 0), (0.1, 1), (0.9, 1)]],
           [[(0.1, 0), (0.9, 0), (0.1, 1), (0.9, 1)], [(0.3, 0.5), (0.7, 0.5)]]],
     "a": [[_loop(0.45, 0.55, 0.38, 0.42, 330), [(0.85, 0.1), (0.85, 1)]],
           [_arc(0.45, 0.55, 0.38, 0.42, 330, 10) + [(0.85, 0.1), (0.85, 0.9), (0.95, 1)]],
-          [_arc(0.5, 0.25, 0.35, 0.25, 200, 360) + [(0.85, 1)], _arc(0.5, 0.72, 0.35, 0.28, 330, 0)]],
+          [_arc(0.5, 0.25, 0.35, 0.25, 200, 360) + [(0.85, 1)],
+           _arc(0.5, 0.72, 0.35, 0.28, 330, 0)]],
     "b": [[[(0.15, 0), (0.15, 1)], _loop(0.5, 0.7, 0.35, 0.3, 180)],
           [[(0.2, 0), (0.15, 1)] + _arc(0.5, 0.7, 0.35, 0.3, 140, -200)]],
     "d": [[[(0.85, 0), (0.85, 1)], _loop(0.5, 0.7, 0.35, 0.3, 0)],
@@ -259,9 +307,11 @@ HAND_FORMS = {
           [_arc(0.6, 0.15, 0.25, 0.15, 0, -180) + [(0.35, 1)], [(0.1, 0.45), (0.75, 0.45)]]],
     "g": [[_loop(0.5, 0.25, 0.35, 0.25, 0) + [(0.85, 0.8)] + _arc(0.5, 0.8, 0.35, 0.2, 0, 180)],
           [_loop(0.5, 0.25, 0.35, 0.25, 0) + [(0.8, 1), (0.2, 0.9)]]],
-    "h": [[[(0.15, 0), (0.15, 1)], [(0.15, 0.6)] + _arc(0.5, 0.6, 0.35, 0.25, 200, 360) + [(0.85, 1)]],
+    "h": [[[(0.15, 0), (0.15, 1)],
+           [(0.15, 0.6)] + _arc(0.5, 0.6, 0.35, 0.25, 200, 360) + [(0.85, 1)]],
           [[(0.2, 0), (0.15, 1)] + _arc(0.5, 0.6, 0.35, 0.25, 180, 360) + [(0.85, 1)]]],
-    "n": [[[(0.15, 0.05), (0.15, 1)], [(0.15, 0.35)] + _arc(0.5, 0.35, 0.35, 0.3, 200, 360) + [(0.85, 1)]],
+    "n": [[[(0.15, 0.05), (0.15, 1)],
+           [(0.15, 0.35)] + _arc(0.5, 0.35, 0.35, 0.3, 200, 360) + [(0.85, 1)]],
           [[(0.15, 0), (0.15, 1)] + _arc(0.5, 0.35, 0.35, 0.35, 180, 360) + [(0.85, 1)]]],
     "q": [[_loop(0.45, 0.3, 0.38, 0.3, 0), [(0.85, 0), (0.85, 1)]],
           [_loop(0.45, 0.3, 0.38, 0.3, 0) + [(0.85, 1), (1, 0.85)]]],
@@ -271,21 +321,24 @@ HAND_FORMS = {
           [[(0.5, 0), (0.5, 1)], [(0.1, 0.3), (0.9, 0.3)]]],
 }
 HAND_VARIANTS = 16
-HAND_SHARE = 0.95  # of each character's images drawn from its hand-drawn forms (fonts: too regular for handwriting)
+HAND_SHARE = 0.95  # of each character's images drawn from its hand-drawn forms (fonts: too
+                   # regular for handwriting)
 
 
 def _smooth_jitter(rng, n_points, sigma=0.025):
-    """Random offsets (n_points, 2) for a stroke's points: independent for a polyline's few corners, smoothed
-    along the stroke for an arc's many points (independent ones would make it zigzag)."""
+    """Random offsets (n_points, 2) for a stroke's points: independent for a polyline's few corners,
+    smoothed along the stroke for an arc's many points (independent ones would make it zigzag)."""
     jitter = rng.normal(0, sigma, (n_points, 2))
     for _ in range(n_points // 4):  # a [1, 2, 1] / 4 moving average, more passes for longer strokes
         padded = np.concatenate([jitter[:1], jitter, jitter[-1:]])
         jitter = (padded[:-2] + 2 * padded[1:-1] + padded[2:]) / 4
-    return jitter * np.sqrt(1 + n_points // 4)  # averaging shrinks the offsets: roughly undo that, so arcs vary too
+    # averaging shrinks the offsets: roughly undo that, so arcs vary too
+    return jitter * np.sqrt(1 + n_points // 4)
 
 
 def _round_corners(points, passes=2):
-    """Chaikin's corner cutting: each corner of the polyline replaced by a curve; the ends stay where they are."""
+    """Chaikin's corner cutting: each corner of the polyline replaced by a curve;
+    the ends stay where they are."""
     for _ in range(passes):
         if len(points) < 3:
             return points
@@ -299,22 +352,27 @@ _SEGMENT_STEPS = np.linspace(0, 1, 64)[:, None]  # a segment's dots: 0 = its sta
 
 
 def _hand_lines(char):
-    """Centre lines (boolean, forms x variants, canvas, canvas) of the hand-drawn forms of `char`; jitter seeded."""
+    """Centre lines (boolean, forms x variants, canvas, canvas) of the hand-drawn forms of `char`;
+    jitter seeded."""
     rng = np.random.default_rng(ord(char))
     lines = []
     for form in HAND_FORMS.get(char, []):
         for _ in range(HAND_VARIANTS):
             canvas = np.zeros((GLYPH_CANVAS, GLYPH_CANVAS), dtype=bool)
-            shift = rng.normal(0, 0.05, (len(form), 2))  # each stroke moved a little against the others
-            strokes = [np.asarray(stroke, dtype=np.float64) + offset + _smooth_jitter(rng, len(stroke))
+            # each stroke moved a little against the others
+            shift = rng.normal(0, 0.05, (len(form), 2))
+            strokes = [np.asarray(stroke, dtype=np.float64) + offset
+                       + _smooth_jitter(rng, len(stroke))
                        for stroke, offset in zip(form, shift)]
             if rng.random() < 0.5:  # a quick hand rounds the corners
                 strokes = [_round_corners(points) for points in strokes]
-            # centred, the longer side GLYPH_SIDE as the fonts: no line reaches the canvas edge, where the
-            # distance map's border padding would smear it outwards
-            low, high = np.min([s.min(0) for s in strokes], 0), np.max([s.max(0) for s in strokes], 0)
+            # centred, the longer side GLYPH_SIDE as the fonts: no line reaches the canvas edge,
+            # where the distance map's border padding would smear it outwards
+            low, high = (np.min([s.min(0) for s in strokes], 0),
+                         np.max([s.max(0) for s in strokes], 0))
             for points in strokes:
-                points = (points - (low + high) / 2) / (high - low).max() * GLYPH_SIDE + GLYPH_CANVAS / 2
+                points = ((points - (low + high) / 2) / (high - low).max() * GLYPH_SIDE
+                          + GLYPH_CANVAS / 2)
                 # 64 dots along each segment, all segments at once (a loop per segment cost seconds)
                 a, b = points[:-1, None], points[1:, None]
                 dots = np.round(a + (b - a) * _SEGMENT_STEPS).astype(int).reshape(-1, 2)
@@ -425,7 +483,9 @@ def _glyph_distances(chars):
     new = [c for c in new if c not in _GLYPHS]
     if new:
         from scipy.ndimage import distance_transform_edt
-        glyphs = {c: [g for g in (_render_glyph(_font(name), c) for name in LETTER_FONTS) if g is not None] for c in new}
+        glyphs = {c: [g for g in (_render_glyph(_font(name), c) for name in LETTER_FONTS)
+                      if g is not None]
+                  for c in new}
         for c, found in glyphs.items():
             if not found:
                 raise ValueError(f"letters: none of matplotlib's fonts has the character {c!r}")
@@ -433,33 +493,38 @@ def _glyph_distances(chars):
         maps = torch.from_numpy(np.stack([distance_transform_edt(~line) for line in lines])).float()
         for c, part in zip(new, maps.split([len(glyphs[c]) for c in new])):
             hand = [distance_transform_edt(~line) for line in _hand_lines(c)]
-            _GLYPHS[c] = (torch.cat([part, torch.from_numpy(np.stack(hand)).float()]) if hand else part, len(hand))
+            char_maps = (torch.cat([part, torch.from_numpy(np.stack(hand)).float()])
+                         if hand else part)
+            _GLYPHS[c] = (char_maps, len(hand))
             _save_glyph_maps(c, _GLYPHS[c][0])
     return [_GLYPHS[c] for c in chars]
 
 
 def _gaussian_blur(images, sigma):
-    """Blur each image (N, 1, H, W) with its own Gaussian sigma (N,), in px: one grouped conv per axis."""
+    """Blur each image (N, 1, H, W) with its own Gaussian sigma (N,), in px:
+    one grouped conv per axis."""
     radius = max(1, math.ceil(3 * float(sigma.max())))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (x / sigma[:, None]) ** 2)
     kernel = (kernel / kernel.sum(1, keepdim=True))[:, None]  # (N, 1, taps)
     n = len(images)
-    out = F.conv2d(F.pad(images.transpose(0, 1), (radius, radius, 0, 0)), kernel[:, :, None, :], groups=n)
+    out = F.conv2d(F.pad(images.transpose(0, 1), (radius, radius, 0, 0)), kernel[:, :, None, :],
+                   groups=n)
     out = F.conv2d(F.pad(out, (0, 0, radius, radius)), kernel[:, :, :, None], groups=n)
     return out.transpose(0, 1)
 
 
 def _emnist_frame(ink, threshold=0.3):
-    """EMNIST's framing (Cohen et al. 2017): the ink's bounding box centred, its longer side scaled to the
-    image less a 2-px border at 28 px (24/28 of the side), aspect ratio kept."""
+    """EMNIST's framing (Cohen et al. 2017): the ink's bounding box centred, its longer side scaled
+    to the image less a 2-px border at 28 px (24/28 of the side), aspect ratio kept."""
     n, _, h, w = ink.shape
     rows, cols = ink.amax(3)[:, 0] > threshold, ink.amax(2)[:, 0] > threshold
     index = torch.arange(h)
     top, bottom = torch.where(rows, index, h).amin(1), torch.where(rows, index, -1).amax(1)
     left, right = torch.where(cols, index, w).amin(1), torch.where(cols, index, -1).amax(1)
     empty = bottom < top
-    centre_y = torch.where(empty, 0.0, (top + bottom + 1) / h - 1)  # grid_sample coordinates, align_corners=False
+    # grid_sample coordinates, align_corners=False
+    centre_y = torch.where(empty, 0.0, (top + bottom + 1) / h - 1)
     centre_x = torch.where(empty, 0.0, (left + right + 1) / w - 1)
     half = torch.where(empty, 1.0, torch.maximum(bottom - top + 1, right - left + 1) / h)
     zoom = half * 28 / 24
@@ -470,27 +535,31 @@ def _emnist_frame(ink, threshold=0.3):
 
 
 def letters(chars, n_per_char, image_size=32, seed=0):
-    """Handwriting-like characters, EMNIST style: white strokes on black, upright, centred and large.
+    """Handwriting-like characters, EMNIST style:
+    white strokes on black, upright, centred and large.
 
-    Each image redraws one centre line (a hand-drawn form of the character for HAND_SHARE of the images, else
-    a font matplotlib ships) with a random pen width, aspect, rotation, slant and a smooth elastic warp, then
-    blurs and frames it as EMNIST does (bounding box centred, longer side 24/28 of the image). Returns
-    (images, labels): uint8 (N, 1, image_size, image_size) and int64 indices into `chars`, n_per_char of
-    each, char by char.
+    Each image redraws one centre line (a hand-drawn form of the character for HAND_SHARE of the
+    images, else a font matplotlib ships) with a random pen width, aspect, rotation, slant and a
+    smooth elastic warp, then blurs and frames it as EMNIST does (bounding box centred, longer side
+    24/28 of the image). Returns (images, labels): uint8 (N, 1, image_size, image_size) and int64
+    indices into `chars`, n_per_char of each, char by char.
     Deterministic for a seed. Raises ValueError for a character outside A-Z, a-z, 0-9.
     """
     unknown = [c for c in chars if len(c) != 1 or c not in LETTER_CHARS]
     if unknown:
-        raise ValueError(f"letters: cannot draw {' '.join(map(repr, unknown))}: the characters must be A-Z, a-z or 0-9")
+        raise ValueError(f"letters: cannot draw {' '.join(map(repr, unknown))}: "
+                         "the characters must be A-Z, a-z or 0-9")
     if len(chars) == 0 or len(set(chars)) != len(chars):
         raise ValueError(f"letters: need distinct characters, got {chars!r}")
     if n_per_char < 1 or image_size < 8:
-        raise ValueError(f"letters: need n_per_char >= 1 and image_size >= 8, got {n_per_char} and {image_size}")
+        raise ValueError("letters: need n_per_char >= 1 and image_size >= 8, "
+                         f"got {n_per_char} and {image_size}")
     distances, hand_per_char = zip(*_glyph_distances(chars))
     glyphs_per_char = torch.tensor([len(d) for d in distances])
     hand_per_char = torch.tensor(hand_per_char)
     fonts_per_char = glyphs_per_char - hand_per_char
-    first_glyph = torch.cumsum(glyphs_per_char, 0) - glyphs_per_char  # each char's fonts, then its hand-drawn forms
+    # each char's fonts, then its hand-drawn forms
+    first_glyph = torch.cumsum(glyphs_per_char, 0) - glyphs_per_char
     distances = torch.cat(distances)[:, None]  # (glyphs of all chars, 1, canvas, canvas)
     labels = torch.arange(len(chars)).repeat_interleave(n_per_char)
     n = len(labels)
@@ -501,20 +570,28 @@ def letters(chars, n_per_char, image_size=32, seed=0):
     def uniform(low, high, *shape):
         return low + (high - low) * torch.rand(*shape, generator=generator)
 
-    # A random glyph per image: a hand-drawn form for HAND_SHARE of every character, a font for the rest.
+    # A random glyph per image: a hand-drawn form for HAND_SHARE of every character, a font for
+    # the rest.
     hand = (uniform(0, 1, n) < HAND_SHARE) & (hand_per_char[labels] > 0)
     pick = uniform(0, 1, n)
-    glyph = first_glyph[labels] + torch.where(hand, fonts_per_char[labels] + (pick * hand_per_char[labels]).long(),
-                                              (pick * fonts_per_char[labels]).long())
-    pen = uniform(1.8, 4.8, n, 1, 1, 1)      # pen radius, canvas px (the low end: real EMNIST B's thin strokes)
-    blur = uniform(0.3, 0.7, n)              # Gaussian blur sigma, image px: EMNIST blurs before shrinking
-    scale = uniform(0.72, 0.8, n)            # small enough that no glyph leaves the canvas; the framing fills it
+    hand_glyph = fonts_per_char[labels] + (pick * hand_per_char[labels]).long()
+    font_glyph = (pick * fonts_per_char[labels]).long()
+    glyph = first_glyph[labels] + torch.where(hand, hand_glyph, font_glyph)
+    pen = uniform(1.8, 4.8, n, 1, 1, 1)      # pen radius, canvas px (the low end: real EMNIST B's
+                                             # thin strokes)
+    blur = uniform(0.3, 0.7, n)              # Gaussian blur sigma, image px: EMNIST blurs before
+                                             # shrinking
+    scale = uniform(0.72, 0.8, n)            # small enough that no glyph leaves the canvas; the
+                                             # framing fills it
     aspect = torch.exp(uniform(-0.2, 0.2, n))
     rotation = uniform(-math.radians(15), math.radians(15), n)
-    slant = uniform(-0.2, 0.7, n)            # handwriting leans right more often than left (EMNIST's A's: a lot)
+    slant = uniform(-0.2, 0.7, n)            # handwriting leans right more often than left
+                                             # (EMNIST's A's: a lot)
     warp = uniform(0.04, 0.13, n, 1, 1, 1)   # elastic displacement, fraction of the half-width
-    field = torch.randn(n, 2, 4, 4, generator=generator)  # coarse random displacements, smooth once upsampled
-    wobble = 0.015 * torch.randn(n, 2, 8, 8, generator=generator)  # finer ones: a hand's unsteady line
+    # coarse random displacements, smooth once upsampled
+    field = torch.randn(n, 2, 4, 4, generator=generator)
+    # finer ones: a hand's unsteady line
+    wobble = 0.015 * torch.randn(n, 2, 8, 8, generator=generator)
 
     # Forward map glyph -> image: rotate(slant(stretch(p))); grid_sample needs the inverse.
     cos, sin = torch.cos(rotation), torch.sin(rotation)
@@ -538,19 +615,22 @@ def letters(chars, n_per_char, image_size=32, seed=0):
     for start in range(0, n, chunk):
         part = slice(start, min(n, start + chunk))
         grid = F.interpolate(coarse[part], size=(work, work), mode="bilinear", align_corners=True)
-        # Warp the distance to the centre line (border padding: far from the line outside the canvas),
-        # then ink every point within the pen radius of the line, with a one-pixel soft edge.
+        # Warp the distance to the centre line (border padding: far from the line outside the
+        # canvas), then ink every point within the pen radius of the line, with a one-pixel
+        # soft edge.
         distance = F.grid_sample(distances[glyph[part]], grid.permute(0, 2, 3, 1), mode="bilinear",
                                  padding_mode="border", align_corners=True)
         ink = distance.mul_(-ink_scale).add_(pen[part] * ink_scale + 0.5).clamp_(0, 1)
         ink = F.avg_pool2d(_emnist_frame(_gaussian_blur(ink, 2 * blur[part])), 2)
-        ink = ink / ink.amax((1, 2, 3), keepdim=True).clamp(min=1e-6)  # EMNIST stretches its final pixels to 0-255
+        # EMNIST stretches its final pixels to 0-255
+        ink = ink / ink.amax((1, 2, 3), keepdim=True).clamp(min=1e-6)
         images[part] = ink.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
     return images, labels
 
 
 def write_letters(out, n=200, image_size=28, seed=0, chars=None):
-    """EMNIST-style letters in the AIML431 course layout: OUT/Train/<EMNIST-Balanced label>/char_<k>.jpeg.
+    """EMNIST-style letters in the AIML431 course layout:
+    OUT/Train/<EMNIST-Balanced label>/char_<k>.jpeg.
 
     n images per character (default: all 47 EMNIST-Balanced classes). Like the course's files, each
     is grayscale PNG data under a .jpeg name, stored transposed (as EMNIST's raw arrays are).
@@ -560,43 +640,52 @@ def write_letters(out, n=200, image_size=28, seed=0, chars=None):
     chars = EMNIST_BALANCED if chars is None else chars
     unknown = [c for c in chars if len(c) != 1 or c not in EMNIST_BALANCED]
     if unknown:
-        raise ValueError(f"write_letters: EMNIST-Balanced has no class for {' '.join(map(repr, unknown))} "
+        raise ValueError("write_letters: EMNIST-Balanced has no class for "
+                         f"{' '.join(map(repr, unknown))} "
                          f"(it merges c i j k l m o p s u v w x y z with their capitals)")
-    images, labels = letters(chars, n, image_size=image_size, seed=seed)  # validates the rest before any file exists
+    # validates the rest before any file exists
+    images, labels = letters(chars, n, image_size=image_size, seed=seed)
     for c in chars:
         os.makedirs(os.path.join(out, "Train", str(EMNIST_BALANCED.index(c))), exist_ok=True)
     for k, (image, label) in enumerate(zip(images[:, 0].numpy(), labels.tolist())):
         folder = os.path.join(out, "Train", str(EMNIST_BALANCED.index(chars[label])))
-        Image.fromarray(np.ascontiguousarray(image.T)).save(os.path.join(folder, f"char_{k}.jpeg"), format="PNG")
+        Image.fromarray(np.ascontiguousarray(image.T)).save(os.path.join(folder, f"char_{k}.jpeg"),
+                                                             format="PNG")
 
 
 # ===========================================================================
 # Object scenes (iCLEVR-like)
 # ===========================================================================
 
-# The 24 i-CLEVR labels: index = 8 * shape + colour, shapes and colours in this order (objects.json).
+# The 24 i-CLEVR labels: index = 8 * shape + colour, shapes and colours in this order
+# (objects.json).
 SCENE_COLOURS = {  # CLEVR's RGB values, under the names i-CLEVR uses
     "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
-    "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51),
+    "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208),
+    "yellow": (255, 238, 51),
 }
 SCENE_SHAPES = ("cube", "sphere", "cylinder")
 SCENE_OBJECTS = [f"{colour} {shape}" for shape in SCENE_SHAPES for colour in SCENE_COLOURS]
 MAX_SCENE_OBJECTS = 3
 
-# Scenes live in a 4 x 3 "frame" (the 320x240 i-CLEVR picture); pixels map onto it, so a square image is
-# the 4:3 scene squashed, exactly what resizing a real i-CLEVR image to 64x64 gives.
+# Scenes live in a 4 x 3 "frame" (the 320x240 i-CLEVR picture); pixels map onto it, so a square
+# image is the 4:3 scene squashed, exactly what resizing a real i-CLEVR image to 64x64 gives.
 FRAME_W, FRAME_H = 4.0, 3.0
 TOP_SQUASH = 0.45  # the camera looks down at the floor: a circle on the floor is drawn this flat
-LIGHT = tuple(float(v) for v in np.array([-0.45, 0.75, 0.5]) / np.linalg.norm([-0.45, 0.75, 0.5]))  # (right, up, to camera)
-HALFWAY = tuple(float(v) for v in (np.array(LIGHT) + [0, 0, 1]) / np.linalg.norm(np.array(LIGHT) + [0, 0, 1]))
+LIGHT = tuple(float(v) for v in np.array([-0.45, 0.75, 0.5])
+              / np.linalg.norm([-0.45, 0.75, 0.5]))  # (right, up, to camera)
+HALFWAY = tuple(float(v) for v in (np.array(LIGHT) + [0, 0, 1])
+                / np.linalg.norm(np.array(LIGHT) + [0, 0, 1]))
 
 
 class SceneObject:
-    """One object: label (0-23), ground point (x, y) in frame units, radius, yaw angle (cubes), metal or rubber."""
+    """One object: label (0-23), ground point (x, y) in frame units, radius, yaw angle (cubes),
+    metal or rubber."""
     __slots__ = ("label", "x", "y", "radius", "angle", "metal")
 
     def __init__(self, label, x, y, radius, angle, metal):
-        self.label, self.x, self.y, self.radius, self.angle, self.metal = label, x, y, radius, angle, metal
+        self.label, self.x, self.y = label, x, y
+        self.radius, self.angle, self.metal = radius, angle, metal
 
     @property
     def shape(self):
@@ -610,17 +699,20 @@ class SceneObject:
     def box(self):
         """(left, top, right, bottom) of the drawn object in frame units."""
         r = self.radius
-        return self.x - r, self.y - self.height - TOP_SQUASH * r, self.x + r, self.y + TOP_SQUASH * r
+        return (self.x - r, self.y - self.height - TOP_SQUASH * r,
+                self.x + r, self.y + TOP_SQUASH * r)
 
     def centre(self):
-        """A point in the middle of the object's visible body (frame units): its colour is the label's colour."""
+        """A point in the middle of the object's visible body (frame units): its colour is the
+        label's colour."""
         if self.shape == "sphere":
             return self.x, self.y - self.radius
         return self.x, self.y - 0.5 * self.height + 0.5 * TOP_SQUASH * self.radius
 
 
 def _overlap_ok(new, others):
-    """Limited overlap: each object's centre stays clear of the others, and boxes share < 20% of the smaller."""
+    """Limited overlap: each object's centre stays clear of the others, and boxes share < 20% of
+    the smaller."""
     for other in others:
         a, b = new.box(), other.box()
         w = min(a[2], b[2]) - max(a[0], b[0])
@@ -641,18 +733,20 @@ def _random_object(rng, label, others):
     """Place one object at random (rejection sampling); None if the floor is too crowded."""
     for _ in range(200):
         y = rng.uniform(1.25, 2.75)
-        depth_scale = 0.7 + 0.3 * (y - 1.25) / 1.5  # perspective: farther (higher) objects are smaller
+        # perspective: farther (higher) objects are smaller
+        depth_scale = 0.7 + 0.3 * (y - 1.25) / 1.5
         radius = rng.uniform(0.36, 0.46) * depth_scale
         x = rng.uniform(0.2 + radius, FRAME_W - 0.2 - radius)
-        new = SceneObject(int(label), float(x), float(y), float(radius), float(rng.uniform(0, np.pi / 2)),
-                          bool(rng.random() < 0.5))
+        new = SceneObject(int(label), float(x), float(y), float(radius),
+                          float(rng.uniform(0, np.pi / 2)), bool(rng.random() < 0.5))
         if _overlap_ok(new, others):
             return new
     return None
 
 
 def scene_layouts(n, seed=0, min_objects=1, max_objects=MAX_SCENE_OBJECTS, cumulative_labels=None):
-    """n random scenes: lists of SceneObject with distinct labels, 1-3 objects each, deterministic per seed."""
+    """n random scenes: lists of SceneObject with distinct labels, 1-3 objects each,
+    deterministic per seed."""
     rng = np.random.default_rng(seed)
     layouts = []
     while len(layouts) < n:
@@ -670,7 +764,8 @@ def scene_layouts(n, seed=0, min_objects=1, max_objects=MAX_SCENE_OBJECTS, cumul
 
 
 def _soft(distance, pixel):
-    """Coverage from a signed distance (negative inside): a one-pixel ramp anti-aliases the edges."""
+    """Coverage from a signed distance (negative inside):
+    a one-pixel ramp anti-aliases the edges."""
     return np.clip(0.5 - distance / pixel, 0.0, 1.0)
 
 
@@ -679,7 +774,8 @@ def _ellipse_distance(x, y, cx, cy, rx, ry):
 
 
 def _polygon_distance(x, y, corners):
-    """Signed distance (approximate at corners) to a convex polygon; corners: list of (px, py) arrays (B,1,1)."""
+    """Signed distance (approximate at corners) to a convex polygon;
+    corners: list of (px, py) arrays (B,1,1)."""
     mx = sum(c[0] for c in corners) / len(corners)
     my = sum(c[1] for c in corners) / len(corners)
     distance = None
@@ -732,13 +828,15 @@ def _draw_cylinder(x, y, p, pixel):
 
 
 def _draw_cube(x, y, p, pixel):
-    half = p["radius"]  # corners at distance r from the axis: as wide as a sphere when turned 45 degrees
+    # corners at distance r from the axis: as wide as a sphere when turned 45 degrees
+    half = p["radius"]
     h = 1.3 * p["radius"]
     cx, cy, theta = p["x"], p["y"], p["angle"]
     corner_angles = [theta + np.pi / 4 + i * np.pi / 2 for i in range(4)]
     top = [(cx + half * np.cos(a), cy - h + TOP_SQUASH * half * np.sin(a)) for a in corner_angles]
     bottom = [(tx, ty + h) for tx, ty in top]
-    box = np.maximum(np.abs(x - cx) - half, np.maximum(cy - h - TOP_SQUASH * half - y, y - cy - TOP_SQUASH * half))
+    box = np.maximum(np.abs(x - cx) - half,
+                     np.maximum(cy - h - TOP_SQUASH * half - y, y - cy - TOP_SQUASH * half))
     top_alpha = _soft(_polygon_distance(x, y, top), pixel)
     alpha, shade = top_alpha, top_alpha * _lambert(0.0, 1.0, 0.0)
     zero = np.zeros_like(theta)
@@ -761,7 +859,8 @@ _DRAW = {"cube": _draw_cube, "sphere": _draw_sphere, "cylinder": _draw_cylinder}
 
 
 def _windows(left, top, right, bottom, width, height):
-    """Pixel windows of one common size covering each box (frame units, arrays): row and column indices."""
+    """Pixel windows of one common size covering each box (frame units, arrays):
+    row and column indices."""
     cols0 = np.floor(left * (width / FRAME_W)).astype(np.int64) - 1
     rows0 = np.floor(top * (height / FRAME_H)).astype(np.int64) - 1
     w = min(width, int(np.ceil((right - left).max() * (width / FRAME_W))) + 3)
@@ -772,41 +871,52 @@ def _windows(left, top, right, bottom, width, height):
 
 
 def render_scenes(layouts, width, height, brightness=None):
-    """Draw scenes (lists of SceneObject) as uint8 (N, 3, height, width), vectorised over the images.
+    """Draw scenes (lists of SceneObject) as uint8 (N, 3, height, width),
+    vectorised over the images.
 
-    brightness: one floor brightness factor per scene (default 1). Objects are drawn far to near (painter's
-    order), each group of same-shape objects at once, inside a small window around each object.
+    brightness: one floor brightness factor per scene (default 1). Objects are drawn far to near
+    (painter's order), each group of same-shape objects at once, inside a small window around
+    each object.
     """
     pixel = max(FRAME_W / width, FRAME_H / height)
-    x_of = lambda cols: ((cols + 0.5) * (FRAME_W / width)).astype(np.float32)[:, None, :]  # noqa: E731
-    y_of = lambda rows: ((rows + 0.5) * (FRAME_H / height)).astype(np.float32)[:, :, None]  # noqa: E731
+    pixel_w, pixel_h = FRAME_W / width, FRAME_H / height
+    x_of = lambda cols: ((cols + 0.5) * pixel_w).astype(np.float32)[:, None, :]  # noqa: E731
+    y_of = lambda rows: ((rows + 0.5) * pixel_h).astype(np.float32)[:, :, None]  # noqa: E731
     x, y = x_of(np.arange(width)[None]), y_of(np.arange(height)[None])
-    brightness = np.ones(len(layouts)) if brightness is None else np.asarray(brightness, dtype=np.float64)
+    brightness = (np.ones(len(layouts)) if brightness is None
+                  else np.asarray(brightness, dtype=np.float64))
     # floor: lighter towards the camera and the middle, as CLEVR's area lights make it
     floor = 0.40 + 0.18 * (y / FRAME_H) - 0.2 * ((x - FRAME_W / 2) / FRAME_W) ** 2
     images = np.empty((len(layouts), height, width, 3), dtype=np.uint8)
     for start in range(0, len(layouts), 256):
         chunk = layouts[start:start + 256]
         b = len(chunk)
-        canvas = np.repeat((floor * brightness[start:start + b, None, None])[..., None], 3, axis=-1).astype(np.float32)
-        ordered = [sorted(scene, key=lambda o: o.y) for scene in chunk]  # painter's order: far to near
-        # shadows first: the light is up-left-front, so each shadow falls right and back on the floor
+        canvas = np.repeat((floor * brightness[start:start + b, None, None])[..., None], 3,
+                           axis=-1).astype(np.float32)
+        # painter's order: far to near
+        ordered = [sorted(scene, key=lambda o: o.y) for scene in chunk]
+        # shadows first: the light is up-left-front, so each shadow falls right and back on the
+        # floor
         for slot in range(MAX_SCENE_OBJECTS):
-            idx = np.array([i for i, scene in enumerate(ordered) if len(scene) > slot], dtype=np.int64)
+            idx = np.array([i for i, scene in enumerate(ordered) if len(scene) > slot],
+                           dtype=np.int64)
             if len(idx) == 0:
                 continue
             ox, oy, r = (np.array([getattr(ordered[i][slot], k) for i in idx], dtype=np.float32)
                          for k in ("x", "y", "radius"))
-            rows, cols = _windows(ox - 0.8 * r, oy - 1.0 * r, ox + 2.0 * r, oy + 0.5 * r, width, height)
+            rows, cols = _windows(ox - 0.8 * r, oy - 1.0 * r, ox + 2.0 * r, oy + 0.5 * r,
+                                  width, height)
             ox, oy, r = ox[:, None, None], oy[:, None, None], r[:, None, None]
-            shadow = _soft(_ellipse_distance(x_of(cols), y_of(rows), ox + 0.55 * r, oy - 0.2 * r, 1.25 * r, 0.55 * r),
+            shadow = _soft(_ellipse_distance(x_of(cols), y_of(rows), ox + 0.55 * r, oy - 0.2 * r,
+                                             1.25 * r, 0.55 * r),
                            0.35 * r)
             where = (idx[:, None, None], rows[:, :, None], cols[:, None, :])
             canvas[where] *= (1.0 - 0.35 * shadow)[..., None]
         for slot in range(MAX_SCENE_OBJECTS):
             for shape_index, shape in enumerate(SCENE_SHAPES):
                 idx = np.array([i for i, scene in enumerate(ordered)
-                                if len(scene) > slot and scene[slot].label // 8 == shape_index], dtype=np.int64)
+                                if len(scene) > slot and scene[slot].label // 8 == shape_index],
+                               dtype=np.int64)
                 if len(idx) == 0:
                     continue
                 objects = [ordered[i][slot] for i in idx]
@@ -816,7 +926,8 @@ def render_scenes(layouts, width, height, brightness=None):
                      for k in ("x", "y", "radius", "angle")}
                 p["metal"] = np.array([o.metal for o in objects])[:, None, None]
                 alpha, shade, shine = _DRAW[shape](x_of(cols), y_of(rows), p, pixel)
-                colour = np.array([SCENE_COLOURS[SCENE_OBJECTS[o.label].split()[0]] for o in objects],
+                colour = np.array([SCENE_COLOURS[SCENE_OBJECTS[o.label].split()[0]]
+                                   for o in objects],
                                   dtype=np.float32)[:, None, None, :] / 255.0
                 painted = np.clip(colour * shade[..., None] + shine[..., None], 0.0, 1.0)
                 a = alpha[..., None].astype(np.float32)
@@ -837,23 +948,26 @@ def multi_hot(label_lists):
 CIFAR_CHARS = "ABCDEFGHIJ"
 CIFAR_COLOURS = torch.tensor([  # one clearly different colour per class
     [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-    [145, 30, 180], [70, 240, 240], [240, 50, 230], [170, 110, 40], [250, 250, 250]], dtype=torch.float32)
+    [145, 30, 180], [70, 240, 240], [240, 50, 230], [170, 110, 40], [250, 250, 250]],
+    dtype=torch.float32)
 
 
 def coloured_letters(n_per_class, image_size=32, seed=0):
-    """The CIFAR scripts' offline stand-in with 10 classes: letter A-J, drawn in its class's colour on a
-    dark background of random tint. Quick to make; class and colour are learnable. Returns uint8 images
-    (N, 3, S, S), labels (N,) and the class names."""
+    """The CIFAR scripts' offline stand-in with 10 classes: letter A-J, drawn in its class's colour
+    on a dark background of random tint. Quick to make; class and colour are learnable. Returns
+    uint8 images (N, 3, S, S), labels (N,) and the class names."""
     glyphs, labels = letters(list(CIFAR_CHARS), n_per_class, image_size=image_size, seed=seed)
     ink = glyphs.float() / 255  # (N, 1, S, S): 1 on the stroke, 0 on the background
-    background = torch.rand(len(glyphs), 3, 1, 1, generator=torch.Generator().manual_seed(seed)) * 110
+    background = torch.rand(len(glyphs), 3, 1, 1,
+                            generator=torch.Generator().manual_seed(seed)) * 110
     foreground = CIFAR_COLOURS[labels].view(-1, 3, 1, 1)
     images = (background + (foreground - background) * ink).round().clamp(0, 255).to(torch.uint8)
     return images, labels.long(), list(CIFAR_CHARS)
 
 
 def scenes(n, image_size=64, seed=0):
-    """n iCLEVR-like scenes: (uint8 images (n, 3, S, S), float multi-hot labels (n, 24)), deterministic per seed."""
+    """n iCLEVR-like scenes: (uint8 images (n, 3, S, S), float multi-hot labels (n, 24)),
+    deterministic per seed."""
     layouts = scene_layouts(n, seed)
     brightness = np.random.default_rng([seed, 1]).uniform(0.94, 1.06, size=n)
     images = render_scenes(layouts, image_size, image_size, brightness)
@@ -861,25 +975,29 @@ def scenes(n, image_size=64, seed=0):
 
 
 def condition_lists(make_up, seed):
-    """Condition lists like test.json: make_up = {objects per list: how many lists}; lists of object names."""
+    """Condition lists like test.json: make_up = {objects per list: how many lists};
+    lists of object names."""
     rng = np.random.default_rng(seed)
     lists = []
     for count, how_many in sorted(make_up.items()):
         for _ in range(how_many):
-            lists.append([SCENE_OBJECTS[i] for i in rng.choice(len(SCENE_OBJECTS), size=count, replace=False)])
+            lists.append([SCENE_OBJECTS[i]
+                          for i in rng.choice(len(SCENE_OBJECTS), size=count, replace=False)])
     return lists
 
 
-# the real lists' make-up: test.json 6/12/14 lists of 1/2/3 objects (72 labels), new_test.json 12/20 of 2/3 (84)
+# the real lists' make-up: test.json 6/12/14 lists of 1/2/3 objects (72 labels),
+# new_test.json 12/20 of 2/3 (84)
 TEST_MAKE_UP = {1: 6, 2: 12, 3: 14}
 NEW_TEST_MAKE_UP = {2: 12, 3: 20}
 
 
 def write_iclevr(out, n=1000, image_size=None, seed=0):
-    """i-CLEVR layout: iclevr/CLEVR_train_<scene>_<t>.png, objects.json, train.json, test.json, new_test.json.
+    """i-CLEVR layout: iclevr/CLEVR_train_<scene>_<t>.png, objects.json, train.json, test.json,
+    new_test.json.
 
-    Each of the n scenes gives three pictures, t = 0, 1, 2, with 1, 2 and 3 objects added one at a time, as
-    i-CLEVR does. Pictures are 320x240 like the real ones (image_size S: S*4/3 x S).
+    Each of the n scenes gives three pictures, t = 0, 1, 2, with 1, 2 and 3 objects added one at a
+    time, as i-CLEVR does. Pictures are 320x240 like the real ones (image_size S: S*4/3 x S).
     """
     import json
 
@@ -895,7 +1013,8 @@ def write_iclevr(out, n=1000, image_size=None, seed=0):
     layouts, names, brightness = [], [], []
     for scene_index in range(n):
         scene_brightness = rng.uniform(0.94, 1.06)
-        while True:  # three objects placed one after another; retry the scene if the floor gets crowded
+        # three objects placed one after another; retry the scene if the floor gets crowded
+        while True:
             objects = []
             for label in rng.choice(len(SCENE_OBJECTS), size=MAX_SCENE_OBJECTS, replace=False):
                 new = _random_object(rng, label, objects)
@@ -910,12 +1029,14 @@ def write_iclevr(out, n=1000, image_size=None, seed=0):
             names.append(f"CLEVR_train_{scene_index:06d}_{t}.png")
     train = {}
     for start in range(0, len(layouts), 256):
-        images = render_scenes(layouts[start:start + 256], width, height, brightness[start:start + 256])
+        images = render_scenes(layouts[start:start + 256], width, height,
+                               brightness[start:start + 256])
         for name, scene, image in zip(names[start:start + 256], layouts[start:start + 256], images):
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(os.path.join(image_dir, name))
             train[name] = [SCENE_OBJECTS[o.label] for o in scene]
     files = {"objects.json": {name: i for i, name in enumerate(SCENE_OBJECTS)}, "train.json": train,
-             "test.json": condition_lists(TEST_MAKE_UP, seed + 1), "new_test.json": condition_lists(NEW_TEST_MAKE_UP, seed + 2)}
+             "test.json": condition_lists(TEST_MAKE_UP, seed + 1),
+             "new_test.json": condition_lists(NEW_TEST_MAKE_UP, seed + 2)}
     for name, content in files.items():
         with open(os.path.join(out, name), "w") as f:
             json.dump(content, f)
@@ -927,23 +1048,29 @@ def write_iclevr(out, n=1000, image_size=None, seed=0):
 # ===========================================================================
 
 # The MLDS course's colour vocabularies (hair: 12, eyes: 11), in the course's order.
-HAIR_COLOURS = ("orange", "white", "aqua", "gray", "green", "red", "purple", "pink", "blue", "black", "brown", "blonde")
-EYE_COLOURS = ("gray", "black", "orange", "pink", "yellow", "aqua", "purple", "green", "brown", "red", "blue")
+HAIR_COLOURS = ("orange", "white", "aqua", "gray", "green", "red", "purple", "pink", "blue",
+                "black", "brown", "blonde")
+EYE_COLOURS = ("gray", "black", "orange", "pink", "yellow", "aqua", "purple", "green", "brown",
+               "red", "blue")
 
 # Base RGB of each colour: far enough apart that a small classifier can name them after
 # shading, jitter and JPEG (white vs gray vs black, orange vs blonde, red vs pink, ...).
-HAIR_RGB = {"orange": (245, 135, 35), "white": (238, 238, 242), "aqua": (55, 210, 210), "gray": (135, 135, 145),
-            "green": (55, 165, 65), "red": (200, 25, 35), "purple": (125, 55, 180), "pink": (250, 145, 200),
-            "blue": (35, 75, 215), "black": (32, 30, 36), "brown": (120, 68, 32), "blonde": (245, 218, 110)}
-EYE_RGB = {"gray": (150, 150, 158), "black": (28, 26, 32), "orange": (245, 130, 20), "pink": (250, 130, 200),
-           "yellow": (245, 225, 30), "aqua": (40, 215, 215), "purple": (150, 55, 225), "green": (30, 170, 50),
-           "brown": (140, 75, 25), "red": (215, 25, 35), "blue": (30, 70, 225)}
-SKIN_TONES = np.array([(255, 232, 214), (252, 221, 196), (245, 208, 178), (236, 192, 158)], dtype=np.float32)
+HAIR_RGB = {"orange": (245, 135, 35), "white": (238, 238, 242), "aqua": (55, 210, 210),
+            "gray": (135, 135, 145), "green": (55, 165, 65), "red": (200, 25, 35),
+            "purple": (125, 55, 180), "pink": (250, 145, 200), "blue": (35, 75, 215),
+            "black": (32, 30, 36), "brown": (120, 68, 32), "blonde": (245, 218, 110)}
+EYE_RGB = {"gray": (150, 150, 158), "black": (28, 26, 32), "orange": (245, 130, 20),
+           "pink": (250, 130, 200), "yellow": (245, 225, 30), "aqua": (40, 215, 215),
+           "purple": (150, 55, 225), "green": (30, 170, 50), "brown": (140, 75, 25),
+           "red": (215, 25, 35), "blue": (30, 70, 225)}
+SKIN_TONES = np.array([(255, 232, 214), (252, 221, 196), (245, 208, 178), (236, 192, 158)],
+                      dtype=np.float32)
 HAIR_STYLES = ("short", "bob", "long", "twintails")
 
 
 def _colour_index(value, vocabulary, what, n):
-    """Requested colours (None = random, a name, an index, or one per face) -> int array of length n."""
+    """Requested colours (None = random, a name, an index, or one per face) -> int array of
+    length n."""
     if value is None:
         return None
     values = [value] * n if isinstance(value, (str, int, np.integer)) else list(value)
@@ -953,7 +1080,8 @@ def _colour_index(value, vocabulary, what, n):
     for v in values:
         if isinstance(v, str):
             if v not in vocabulary:
-                raise ValueError(f"unknown {what} colour {v!r}; choose from {', '.join(vocabulary)}")
+                raise ValueError(f"unknown {what} colour {v!r}; "
+                                 f"choose from {', '.join(vocabulary)}")
             v = vocabulary.index(v)
         if not 0 <= int(v) < len(vocabulary):
             raise ValueError(f"{what} colour index {v} out of range 0..{len(vocabulary) - 1}")
@@ -967,10 +1095,12 @@ def _ellipse(x, y, cx, cy, rx, ry, pixel):
 
 
 def _render_faces(p, size):
-    """Draw a batch of faces from their parameters `p` (arrays of shape (B, 1, 1) or (B, 1, 1, 3) for colours).
+    """Draw a batch of faces from their parameters `p`
+    (arrays of shape (B, 1, 1) or (B, 1, 1, 3) for colours).
 
     Painter's algorithm on a [-1, 1] canvas: background, hair behind the head, neck, face, fringe,
-    eyes, mouth. Returns float RGB in [0, 255] (B, S, S, 3) and the visible hair and iris weights (B, S, S).
+    eyes, mouth. Returns float RGB in [0, 255] (B, S, S, 3) and the visible hair and iris weights
+    (B, S, S).
     """
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     # A per-face zoom and shift: the whole drawing moves, as faces do in cropped photos.
@@ -979,7 +1109,8 @@ def _render_faces(p, size):
     pixel = 2.0 / size / p["zoom"]
     b = len(p["zoom"])
     top_light = 1.08 - 0.25 * (y + 1) / 2  # lit from above
-    canvas = np.broadcast_to(p["background"] * (1.05 - 0.12 * (y[..., None] + 1) / 2), (b, size, size, 3)).copy()
+    canvas = np.broadcast_to(p["background"] * (1.05 - 0.12 * (y[..., None] + 1) / 2),
+                             (b, size, size, 3)).copy()
     hair_seen = np.zeros((b, size, size), np.float32)
     iris_seen = np.zeros((b, size, size), np.float32)
 
@@ -1007,7 +1138,8 @@ def _render_faces(p, size):
     back = np.maximum(back, np.maximum(cap * short_cut, tails) * (style == 3))
     paint(back, hair * 0.78 * top_light[..., None], hair=1.0)
 
-    # Neck and face: an ellipse whose lower half narrows towards the chin by `chin` (round to pointed).
+    # Neck and face: an ellipse whose lower half narrows towards the chin by `chin`
+    # (round to pointed).
     skin = p["skin"]
     neck = _soft(np.abs(x - cx) - 0.14 * rx / 0.6, pixel) * _soft(cy - y, pixel)
     paint(neck, skin * 0.86)
@@ -1021,10 +1153,12 @@ def _render_faces(p, size):
     zigzag = 1 - 2 * np.abs(t - np.floor(t) - 0.5)  # triangle wave: 1 at a strand tip
     fringe_line = cy - ry + p["fringe_depth"] + p["fringe_tips"] * zigzag
     fringe = cap * _soft(y - fringe_line, pixel)
-    locks = _ellipse(x, y, cx, cy - 0.05, rx + 0.1, ry + 0.02, pixel) * _soft(y - (cy + p["lock_length"]), pixel)
+    locks = (_ellipse(x, y, cx, cy - 0.05, rx + 0.1, ry + 0.02, pixel)
+             * _soft(y - (cy + p["lock_length"]), pixel))
     locks = locks * _soft(p["lock_inset"] * rx - np.abs(x - cx), pixel)
     shine = 1 + 0.22 * np.exp(-((y - (cy - ry + 0.12)) / 0.05) ** 2)  # the anime highlight band
-    paint(np.maximum(fringe, locks), np.minimum(hair * (top_light * shine)[..., None], 255), hair=1.0)
+    paint(np.maximum(fringe, locks), np.minimum(hair * (top_light * shine)[..., None], 255),
+          hair=1.0)
 
     # Eyes: white, iris in the eye colour (darker at the top), pupil, highlight, upper lash line.
     eye = p["eye_rgb"]
@@ -1035,13 +1169,15 @@ def _render_faces(p, size):
         iris_alpha = _ellipse(x, y, ex, ey + 0.1 * ery, 0.82 * erx, 0.9 * ery, pixel)
         paint(iris_alpha, np.minimum(eye * iris_shade, 255), iris=1.0)
         paint(_ellipse(x, y, ex, ey + 0.15 * ery, 0.22 * erx, 0.28 * ery, pixel), eye * 0.45 + 8)
-        paint(_ellipse(x, y, ex - side * 0.3 * erx, ey - 0.3 * ery, 0.22 * erx, 0.2 * ery, pixel), np.float32(255))
+        paint(_ellipse(x, y, ex - side * 0.3 * erx, ey - 0.3 * ery, 0.22 * erx, 0.2 * ery, pixel),
+              np.float32(255))
         ring = np.sqrt(((x - ex) / erx) ** 2 + ((y - ey) / ery) ** 2)
         lash = _soft((np.abs(ring - 1.07) - 0.12) * erx, pixel) * _soft(y - (ey - 0.3 * ery), pixel)
         paint(lash, np.array([45, 30, 35], np.float32))
 
     # Mouth: a small dark-red ellipse, open or closed.
-    paint(_ellipse(x, y, cx, p["mouth_y"], p["mouth_rx"], p["mouth_ry"], pixel), np.array([175, 60, 70], np.float32))
+    paint(_ellipse(x, y, cx, p["mouth_y"], p["mouth_rx"], p["mouth_ry"], pixel),
+          np.array([175, 60, 70], np.float32))
     return canvas, hair_seen, iris_seen
 
 
@@ -1050,10 +1186,10 @@ def faces(n, image_size=64, seed=0, hair=None, eyes=None, return_masks=False):
 
     Returns (images uint8 (n, 3, S, S), hair int64 (n,), eyes int64 (n,)): indices into HAIR_COLOURS
     and EYE_COLOURS. `hair` / `eyes` request colours (a name, an index, or one per face); by default
-    they are drawn uniformly. Head shape, hair style, fringe, eye spacing and size, mouth, skin tone,
-    background, zoom and position vary per face. Deterministic for a seed, at any image size (the same
-    faces, drawn at that resolution). With return_masks=True, also a dict of bool (n, S, S) masks
-    "hair" and "iris" of the pixels showing those colours (for tests).
+    they are drawn uniformly. Head shape, hair style, fringe, eye spacing and size, mouth, skin
+    tone, background, zoom and position vary per face. Deterministic for a seed, at any image size
+    (the same faces, drawn at that resolution). With return_masks=True, also a dict of bool
+    (n, S, S) masks "hair" and "iris" of the pixels showing those colours (for tests).
     """
     rng = np.random.default_rng(seed)
     hair_requested = _colour_index(hair, HAIR_COLOURS, "hair", n)
@@ -1068,7 +1204,8 @@ def faces(n, image_size=64, seed=0, hair=None, eyes=None, return_masks=False):
 
     def shade(table, index):  # base colour, a little brighter or darker, a little tinted
         base = np.array([table[name] for name in index], np.float32)
-        return np.clip(base * u(0.88, 1.08)[:, None] + rng.normal(0, 6, (n, 3)), 0, 255).astype(np.float32)
+        return np.clip(base * u(0.88, 1.08)[:, None] + rng.normal(0, 6, (n, 3)),
+                       0, 255).astype(np.float32)
 
     background = rng.uniform(40, 255, (n, 3)).astype(np.float32)
     background = background * 0.6 + 255 * 0.4 * (rng.random(n) < 0.7)[:, None]  # mostly pastel
@@ -1082,11 +1219,14 @@ def faces(n, image_size=64, seed=0, hair=None, eyes=None, return_masks=False):
          "eye_rgb": shade(EYE_RGB, [EYE_COLOURS[i] for i in eye_index]),
          "skin": SKIN_TONES[rng.integers(0, len(SKIN_TONES), n)] * u(0.97, 1.02)[:, None],
          "style": rng.integers(0, len(HAIR_STYLES), n),
-         "head_x": u(-0.03, 0.03), "head_y": head_y, "head_rx": head_rx, "head_ry": head_ry, "chin": u(0.1, 0.45),
-         "fringe_freq": u(4.0, 7.0), "fringe_phase": u(0, 1), "fringe_depth": u(0.28, 0.42) * head_ry,
-         "fringe_tips": u(0.08, 0.2), "lock_inset": u(0.0, 0.25) + 0.78, "lock_length": u(0.05, 0.4),
-         "eye_spacing": head_rx * u(0.42, 0.55), "eye_y": head_y + u(0.02, 0.12), "eye_rx": eye_ry * u(0.75, 0.9),
-         "eye_ry": eye_ry, "mouth_y": head_y + head_ry * u(0.55, 0.7), "mouth_rx": u(0.03, 0.07),
+         "head_x": u(-0.03, 0.03), "head_y": head_y, "head_rx": head_rx, "head_ry": head_ry,
+         "chin": u(0.1, 0.45),
+         "fringe_freq": u(4.0, 7.0), "fringe_phase": u(0, 1),
+         "fringe_depth": u(0.28, 0.42) * head_ry, "fringe_tips": u(0.08, 0.2),
+         "lock_inset": u(0.0, 0.25) + 0.78, "lock_length": u(0.05, 0.4),
+         "eye_spacing": head_rx * u(0.42, 0.55), "eye_y": head_y + u(0.02, 0.12),
+         "eye_rx": eye_ry * u(0.75, 0.9), "eye_ry": eye_ry,
+         "mouth_y": head_y + head_ry * u(0.55, 0.7), "mouth_rx": u(0.03, 0.07),
          "mouth_ry": u(0.012, 0.04)}
     # Keep the fringe tips above the eyes' tops: hair over the eyes would hide their colour.
     eye_top = p["eye_y"] - eye_ry - head_y + head_ry
@@ -1104,7 +1244,8 @@ def faces(n, image_size=64, seed=0, hair=None, eyes=None, return_masks=False):
         if return_masks:
             hair_masks.append(hair_seen > 0.9)
             iris_masks.append(iris_seen > 0.9)
-    images = np.concatenate(images) if images else np.zeros((0, 3, image_size, image_size), np.uint8)
+    images = (np.concatenate(images) if images
+              else np.zeros((0, 3, image_size, image_size), np.uint8))
     result = (torch.from_numpy(images), torch.from_numpy(hair_index.astype(np.int64)),
               torch.from_numpy(eye_index.astype(np.int64)))
     if return_masks:
@@ -1115,11 +1256,13 @@ def faces(n, image_size=64, seed=0, hair=None, eyes=None, return_masks=False):
 
 
 def write_faces(out, n=1000, image_size=None, seed=0, layout="extra_data"):
-    """Anime faces in the MLDS on-disk format: images/<id>.jpg + tags.csv ("id,<hair> hair <eye> eyes").
+    """Anime faces in the MLDS on-disk format: images/<id>.jpg + tags.csv
+    ("id,<hair> hair <eye> eyes").
 
-    layout="faces" writes the course's older format instead: faces/<id>.jpg (96 px) + tags_clean.csv,
-    lines "id,tag:count<TAB>tag:count..." with other tags mixed in, and about one image in ten with
-    two hair colours or no eye colour (the loader must drop those, as the course's filtering did).
+    layout="faces" writes the course's older format instead: faces/<id>.jpg (96 px) +
+    tags_clean.csv, lines "id,tag:count<TAB>tag:count..." with other tags mixed in, and about one
+    image in ten with two hair colours or no eye colour (the loader must drop those, as the
+    course's filtering did).
     """
     from PIL import Image
 
@@ -1132,13 +1275,15 @@ def write_faces(out, n=1000, image_size=None, seed=0, layout="extra_data"):
     os.makedirs(folder, exist_ok=True)
     lines = []
     for i in range(n):
-        Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(os.path.join(folder, f"{i}.jpg"), quality=95)
+        Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(os.path.join(folder, f"{i}.jpg"),
+                                                                  quality=95)
         hair_tag, eye_tag = f"{HAIR_COLOURS[hair[i]]} hair", f"{EYE_COLOURS[eyes[i]]} eyes"
         if layout == "extra_data":
             lines.append(f"{i},{hair_tag} {eye_tag}")
             continue
-        tags = [hair_tag, eye_tag] + list(rng.choice(["long hair", "short hair", "smile", "blush", "open mouth",
-                                                      "twintails", "bangs", "ahoge"], 3, replace=False))
+        tags = [hair_tag, eye_tag] + list(rng.choice(["long hair", "short hair", "smile", "blush",
+                                                      "open mouth", "twintails", "bangs", "ahoge"],
+                                                     3, replace=False))
         ambiguity = rng.random()
         if ambiguity < 0.05:  # two hair colours: ambiguous, dropped by the loader
             tags.append(f"{HAIR_COLOURS[(hair[i] + 1) % len(HAIR_COLOURS)]} hair")
@@ -1160,10 +1305,12 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="kind", required=True)
     for kind, writer in WRITERS.items():
-        p = sub.add_parser(kind, help=writer.__doc__.strip().splitlines()[0])
+        p = sub.add_parser(kind, help=" ".join(writer.__doc__.split("\n\n")[0].split()))
         p.add_argument("--out", required=True, help="folder to write the dataset to")
-        p.add_argument("--n", type=int, default=None, help="how many images/scenes (default: the writer's)")
-        p.add_argument("--image-size", type=int, default=None, help="stored image size (default: the real format's)")
+        p.add_argument("--n", type=int, default=None,
+                       help="how many images/scenes (default: the writer's)")
+        p.add_argument("--image-size", type=int, default=None,
+                       help="stored image size (default: the real format's)")
         p.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args(argv)
     kwargs = {k: v for k, v in (("n", args.n), ("image_size", args.image_size)) if v is not None}

@@ -1,5 +1,5 @@
-"""Unit tests for the shared helpers: checkpoints (checkpoints.py), RNG state, the device loader (image_io.py), logging,
-the health monitor, the run folder's lock (common.py)."""
+"""Unit tests for the shared helpers: checkpoints (checkpoints.py), RNG state, the device loader
+(image_io.py), logging, the health monitor, the run folder's lock (common.py)."""
 
 import copy
 import csv
@@ -85,15 +85,20 @@ def _epoch(loader, epoch, start_batch=0):
 
 def test_device_loader_shards_are_disjoint_and_reproducible():
     images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
-    shards = [image_io.DeviceLoader(images, batch_size=4, seed=3, rank=r, world_size=2, normalize=False) for r in range(2)]
+    shards = [image_io.DeviceLoader(images, batch_size=4, seed=3, rank=r, world_size=2,
+                                    normalize=False)
+              for r in range(2)]
     seen = [_epoch(s, 1) for s in shards]
     assert len(set(seen[0].tolist()) & set(seen[1].tolist())) == 0
     assert len(seen[0]) == len(seen[1]) == 20
-    assert torch.equal(_epoch(shards[0], 1), seen[0])  # same epoch, same order: resume at any step relies on it
+    # same epoch, same order: resume at any step relies on it
+    assert torch.equal(_epoch(shards[0], 1), seen[0])
     assert not torch.equal(_epoch(shards[0], 2), seen[0])
     assert torch.equal(_epoch(shards[0], 1, start_batch=2), seen[0][8:])
-    fresh = image_io.DeviceLoader(images, batch_size=4, seed=3, rank=0, world_size=2, normalize=False)
-    assert torch.equal(_epoch(fresh, 1, start_batch=2), seen[0][8:])  # a new process (a resume) sees the same
+    fresh = image_io.DeviceLoader(images, batch_size=4, seed=3, rank=0, world_size=2,
+                                  normalize=False)
+    # a new process (a resume) sees the same
+    assert torch.equal(_epoch(fresh, 1, start_batch=2), seen[0][8:])
 
 
 def test_device_loader_range_and_small_dataset_error():
@@ -112,16 +117,19 @@ def test_train_log_takes_any_keys_and_resumes_its_meter(tmp_path):
     dist = common.Dist()
     log = common.TrainLog(str(tmp_path), _Args(), dist, total_steps=10)
     log.add({"loss_hinge": torch.tensor(1.0)}, step=1, epoch=1)
-    state = copy.deepcopy(log.state_dict())  # a checkpoint between two log steps keeps the half-filled meter
+    # a checkpoint between two log steps keeps the half-filled meter
+    state = copy.deepcopy(log.state_dict())
     log.add({"loss_hinge": torch.tensor(3.0)}, step=2, epoch=1)
     resumed = common.TrainLog(str(tmp_path), _Args(), dist, total_steps=10, step=1, state=state)
     resumed.add({"loss_hinge": torch.tensor(3.0)}, step=2, epoch=1)
     resumed.add({"loss_hinge": torch.tensor(5.0), "accuracy": torch.tensor(0.5)}, step=3, epoch=1)
-    resumed.add({"loss_hinge": torch.tensor(7.0), "accuracy": torch.tensor(0.7)}, step=4, epoch=1)  # a new column
+    # a new column
+    resumed.add({"loss_hinge": torch.tensor(7.0), "accuracy": torch.tensor(0.7)}, step=4, epoch=1)
     resumed.record(4, 1, fid=12.5)
     with open(tmp_path / "log.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["step"], r["loss_hinge"], r["accuracy"]) for r in rows[:2]] == [("2", "2", ""), ("4", "6", "0.6")]
+    assert ([(r["step"], r["loss_hinge"], r["accuracy"]) for r in rows[:2]]
+            == [("2", "2", ""), ("4", "6", "0.6")])
     assert rows[2]["fid"] == "12.5" and resumed.history["scores"]["fid"] == [12.5]
     assert resumed.history["loss_hinge"] == [2.0, 6.0]
     assert {"step", "epoch", "images_per_s", "minutes"} <= set(rows[0])
@@ -134,7 +142,8 @@ def test_train_log_resume_drops_later_rows_and_survives_a_torn_file(tmp_path):
                           state={"history": {"step": []}, "meter": {"sums": {}, "count": 0}})
     log.close()
     with open(path) as f:
-        assert [r["step"] for r in csv.DictReader(f)] == ["1", "2"]  # the merged row and the rows past step 4 go
+        # the merged row and the rows past step 4 go
+        assert [r["step"] for r in csv.DictReader(f)] == ["1", "2"]
 
 
 def test_check_finite_names_the_step():
@@ -170,7 +179,8 @@ def test_claim_run_folder_refuses_unwritable_existing_and_a_second_run(tmp_path)
     lock = common.claim_run_folder(str(run))
     with pytest.raises(common.UserError, match="another run is using"):
         common.claim_run_folder(str(run), resume=True)
-    lock.close()  # the run ended (or was killed: the kernel drops its flock): the folder is free again
+    # the run ended (or was killed: the kernel drops its flock): the folder is free again
+    lock.close()
     common.claim_run_folder(str(run), resume=True).close()
     (run / "last.pt").write_text("x")
     with pytest.raises(common.UserError, match="--resume auto"):
@@ -179,7 +189,8 @@ def test_claim_run_folder_refuses_unwritable_existing_and_a_second_run(tmp_path)
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_each_script_s_ema_follows_the_generator_with_warm_up(script):
-    """Every script's own update_ema: the decay warmed up as (1 + step) / (10 + step), BN statistics copied."""
+    """Every script's own update_ema: the decay warmed up as (1 + step) / (10 + step), BN statistics
+    copied."""
     update_ema = importlib.import_module(script).update_ema
     generator = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     ema = copy.deepcopy(generator)

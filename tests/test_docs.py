@@ -1,4 +1,5 @@
-"""The documentation holds together: links and images exist, every script has its page, the README stays short."""
+"""The documentation holds together: links and images exist, every script has its page, the README
+stays short."""
 
 import glob
 import os
@@ -12,8 +13,10 @@ DOCS = sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
 PAGES = [README] + DOCS
 README_LIMIT = 12 * 1024
 
-LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")  # [text](target), ![alt](target)
-SPLIT_LINK = re.compile(r"\]\(\s*[^)\s<\"]+\s+[^)\s\"][^)]*\)")  # a target broken by a space or line break
+# [text](target), ![alt](target)
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+# a target broken by a space or line break
+SPLIT_LINK = re.compile(r"\]\(\s*[^)\s<\"]+\s+[^)\s\"][^)]*\)")
 HTML_SOURCE = re.compile(r"<(?:img|a)\b[^>]*?(?:src|href)=\"([^\"]+)\"", re.IGNORECASE)
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -61,7 +64,8 @@ def test_relative_links_and_images_exist(page):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE):  # http:, https:, mailto:
             continue
         file_part, _, anchor = target.partition("#")
-        resolved = os.path.normpath(os.path.join(os.path.dirname(page), file_part)) if file_part else page
+        resolved = (os.path.normpath(os.path.join(os.path.dirname(page), file_part)) if file_part
+                    else page)
         if not os.path.exists(resolved):
             missing.append(target)
         elif anchor and resolved.endswith(".md") and anchor.lower() not in anchors(resolved):
@@ -73,7 +77,8 @@ def test_relative_links_and_images_exist(page):
 def test_no_link_target_is_broken_across_lines(page):
     """A target split by a line break is no link at all, so the check above would never see it."""
     broken = [" ".join(m.group(0).split()) for m in SPLIT_LINK.finditer(prose(page))]
-    assert not broken, f"{os.path.relpath(page, REPO)} has link targets with a break inside: {broken}"
+    assert not broken, (f"{os.path.relpath(page, REPO)} has link targets with a break inside: "
+                        f"{broken}")
 
 
 def test_every_script_has_its_page():
@@ -96,7 +101,8 @@ def test_readme_links_every_page():
 
 def test_readme_is_short():
     size = os.path.getsize(README)
-    assert size < README_LIMIT, f"README.md is {size} bytes; keep it under {README_LIMIT} (move details to docs/)"
+    assert size < README_LIMIT, (f"README.md is {size} bytes; keep it under {README_LIMIT} "
+                                 "(move details to docs/)")
 
 
 def test_readme_commands_match_ci():
@@ -108,7 +114,8 @@ def test_readme_commands_match_ci():
         ci_text = f.read()
     with open(README, encoding="utf-8") as f:
         readme = f.read()
-    for command, in_ci in (("pip install -r requirements.txt", r"pip install (-q )?-r requirements\.txt"),
+    for command, in_ci in (("pip install -r requirements.txt",
+                            r"pip install (-q )?-r requirements\.txt"),
                            ("python -m pytest -q", r"python -m pytest -q\s*$")):
         assert re.search(in_ci, ci_text, re.MULTILINE), f".ci/run does not run {command!r}"
         assert command in readme, f"README.md does not show {command!r}"

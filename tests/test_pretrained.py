@@ -1,4 +1,5 @@
-"""The shipped generators (pretrained/) and the export that makes them (evaluate.py --export-generator)."""
+"""The shipped generators (pretrained/) and the export that makes them (evaluate.py
+--export-generator)."""
 
 import os
 
@@ -27,7 +28,8 @@ def test_export_keeps_only_the_averaged_generator_in_half_precision(tmp_path):
     evaluate.main([source, "--export-generator", exported, "--export-data", "cifar10"])
     export = torch.load(exported, weights_only=True)
     assert not {"discriminator", "optimizers", "rng", "history", "generator_ema"} & set(export)
-    assert export["exported"]["weights"] == "generator_ema" and export["exported"]["data"] == "synthetic"
+    assert (export["exported"]["weights"] == "generator_ema"
+            and export["exported"]["data"] == "synthetic")
     assert export["args"]["data"] == "cifar10" and export["args"]["data_dir"] == "data"
     assert export["args"]["out"] is None and export["step"] == trained["step"]
     for name, value in trained["generator_ema"].items():
@@ -43,9 +45,11 @@ def test_export_keeps_only_the_averaged_generator_in_half_precision(tmp_path):
     for name, value in loaded.generator.state_dict().items():
         assert torch.equal(value, export["generator"][name].to(value.dtype)), name
 
-    again = str(tmp_path / "again.pt")  # an export of an export still names the average and the data
+    # an export of an export still names the average and the data
+    again = str(tmp_path / "again.pt")
     evaluate.main([exported, "--export-generator", again])
-    assert torch.load(again, weights_only=True)["exported"] == {**export["exported"], "from": exported}
+    assert (torch.load(again, weights_only=True)["exported"]
+            == {**export["exported"], "from": exported})
 
     refused = run_in_process("dcgan_cifar", "--resume", exported, "--out", tmp_path / "resumed")
     assert_one_error_line(refused, "--resume cannot continue from it")
@@ -61,11 +65,12 @@ def test_each_shipped_generator_loads_safely_and_draws(name, tmp_path):
     assert os.path.getsize(path) < MAX_MIB * 2**20
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     assert checkpoint["script"] == SHIPPED[name] and "optimizers" not in checkpoint
-    assert {v.dtype for v in checkpoint["generator"].values() if v.is_floating_point()} == {torch.float16}
+    assert ({v.dtype for v in checkpoint["generator"].values() if v.is_floating_point()}
+            == {torch.float16})
 
     grid = tmp_path / "grid.png"
-    drawn = run_in_process(SHIPPED[name], "--generate", "16", "--checkpoint", path, "--grid-out", grid,
-                           "--device", "cpu")
+    drawn = run_in_process(SHIPPED[name], "--generate", "16", "--checkpoint", path,
+                           "--grid-out", grid, "--device", "cpu")
     assert drawn.returncode == 0 and grid.is_file(), drawn.stderr
 
     loaded = evaluate.LoadedCheckpoint(path, torch.device("cpu"))

@@ -1,21 +1,26 @@
-"""Reliability, round two: what a hostile or unlucky user still broke (each case failed before its fix).
+"""Reliability, round two: what a hostile or unlucky user still broke
+(each case failed before its fix).
 
 | case | test |
 | --- | --- |
-| two runs on one --out | test_second_run_on_the_same_folder_is_refused; a killed run frees it: test_reliability.py |
+| two runs on one --out | test_second_run_on_the_same_folder_is_refused; a killed run frees it:
+  test_reliability.py |
 | a refused start rewrote config.json | test_refused_resume_leaves_the_run_untouched |
-| resume dropped left-out settings | test_runs.py (a finished run ... a larger --epochs continues it exactly) |
+| resume dropped left-out settings | test_runs.py (a finished run ... a larger --epochs continues
+  it exactly) |
 | resume with other model settings | test_resume_with_other_model_settings_is_one_line |
 | --resume auto on a finished run trained on | test_runs.py (a finished run trains nothing ...) |
 | 16-bit PNGs loaded white | test_16_bit_png_loads_as_grey_not_white |
 | symlink loops multiplied images / hung | test_symlink_loop_is_read_once |
-| a real full disk: traceback and .tmp left | test_a_real_full_disk_is_one_error_line_and_leaves_no_tmp |
+| a real full disk: traceback and .tmp left |
+  test_a_real_full_disk_is_one_error_line_and_leaves_no_tmp |
 | atomic writes replaced /dev/null | test_output_path_that_is_not_a_regular_file_is_refused |
 | flag values: traceback | test_bad_flag_values_are_one_short_error |
 | huge settings: out of memory traceback | test_out_of_memory_is_one_line_naming_the_settings |
 | decompression bombs | test_decompression_bomb_is_refused |
 | a torn log.csv blocked --resume auto | test_torn_log_does_not_block_resume |
-| crafted but loadable checkpoints | test_crafted_checkpoint_is_one_error_line (crafted settings for --generate: test_runs.py) |
+| crafted but loadable checkpoints | test_crafted_checkpoint_is_one_error_line (crafted settings
+  for --generate: test_runs.py) |
 | signals during start-up | test_signal_during_start_up_leaves_nothing |
 | non-checkpoints called unsafe | test_a_file_that_is_not_a_checkpoint_says_what_it_is |
 """
@@ -36,10 +41,12 @@ import image_io
 from conftest import (GENERATE, SCRIPTS, assert_one_error_line, logged_steps, module, run_dir,
                       run_in_process, snapshot, tiny, train)
 
-# A model setting of each script that changes the shape of its networks (besides --ngf, which all have).
-SHAPE_SETTING = {"dcgan_letters": ["--nz", "7"], "cdcgan_ab": ["--nz", "7"], "dcgan_cifar": ["--image-size", "64"],
-                 "acgan_cifar": ["--class-input", "concat"], "wgan_gp_cifar": ["--critic-norm", "none"],
-                 "cdcgan_anime": ["--embed-dim", "3"], "cgan_objects": ["--d-cond", "map"]}
+# A model setting of each script that changes the shape of its networks
+# (besides --ngf, which all have).
+SHAPE_SETTING = {"dcgan_letters": ["--nz", "7"], "cdcgan_ab": ["--nz", "7"],
+                 "dcgan_cifar": ["--image-size", "64"], "acgan_cifar": ["--class-input", "concat"],
+                 "wgan_gp_cifar": ["--critic-norm", "none"], "cdcgan_anime": ["--embed-dim", "3"],
+                 "cgan_objects": ["--d-cond", "map"]}
 
 
 # ---------------------------------------------------------------------------
@@ -48,7 +55,8 @@ SHAPE_SETTING = {"dcgan_letters": ["--nz", "7"], "cdcgan_ab": ["--nz", "7"], "dc
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_second_run_on_the_same_folder_is_refused(script, tmp_path, fast_images):
     folder = run_dir(script, tmp_path)
-    os.makedirs(folder, exist_ok=True)  # made by the other run, which holds it (an flock is per open file: this is another one)
+    # made by the other run, which holds it (an flock is per open file: this is another one)
+    os.makedirs(folder, exist_ok=True)
     lock = common.claim_run_folder(folder)
     try:
         proc = run_in_process(script, *tiny(script, tmp_path, "--max-steps", 1))
@@ -62,7 +70,8 @@ def test_second_run_on_the_same_folder_is_refused(script, tmp_path, fast_images)
 def test_refused_resume_leaves_the_run_untouched(script, shared_runs, tmp_path):
     folder = shared_runs.copy(shared_runs.finished(script), run_dir(script, tmp_path))
     before = snapshot(folder)
-    proc = run_in_process(script, *tiny(script, tmp_path, "--epochs", 2, "--resume", "auto", "--seed", 5))
+    proc = run_in_process(script,
+                          *tiny(script, tmp_path, "--epochs", 2, "--resume", "auto", "--seed", 5))
     assert_one_error_line(proc, "--seed 5 differs")
     assert snapshot(folder) == before
     with open(os.path.join(folder, "last.pt"), "r+b") as f:
@@ -73,8 +82,10 @@ def test_refused_resume_leaves_the_run_untouched(script, shared_runs, tmp_path):
 
 
 def test_track_without_tensorboard_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "require_tensorboard", lambda: (_ for _ in ()).throw(common.UserError("--track needs TensorBoard")))
-    proc = run_in_process("dcgan_cifar", *tiny("dcgan_cifar", tmp_path / "run", "--max-steps", 1, "--track"))
+    monkeypatch.setattr(common, "require_tensorboard", lambda: (_ for _ in ()).throw(
+        common.UserError("--track needs TensorBoard")))
+    proc = run_in_process("dcgan_cifar",
+                          *tiny("dcgan_cifar", tmp_path / "run", "--max-steps", 1, "--track"))
     assert_one_error_line(proc, "--track needs TensorBoard")
     assert not (tmp_path / "run").exists()
 
@@ -92,7 +103,8 @@ OTHER_SETTINGS = [(s, f) for s in SCRIPTS for f in (["--ngf", "16"], SHAPE_SETTI
 ]
 
 
-@pytest.mark.parametrize("script, flag", OTHER_SETTINGS, ids=[f"{s}{' '.join(f)}" for s, f in OTHER_SETTINGS])
+@pytest.mark.parametrize("script, flag", OTHER_SETTINGS,
+                         ids=[f"{s}{' '.join(f)}" for s, f in OTHER_SETTINGS])
 def test_resume_with_other_model_settings_is_one_line(script, flag, shared_runs, tmp_path):
     folder = shared_runs.copy(shared_runs.finished(script), run_dir(script, tmp_path))
     before = snapshot(folder)
@@ -131,10 +143,12 @@ def test_symlink_loop_is_read_once(tmp_path):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A real 2 MiB filesystem (tmpfs), where the machine allows mounting one (root in a container, as in CI)."""
+    """A real 2 MiB filesystem (tmpfs), where the machine allows mounting one (root in a container,
+    as in CI)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.decode().strip()}")
     yield mount
@@ -142,11 +156,14 @@ def tiny_disk(tmp_path):
 
 
 def test_a_real_full_disk_is_one_error_line_and_leaves_no_tmp(tiny_disk):
-    out = tiny_disk / "run"  # a 32 px DCGAN with --ngf 64: last.pt (about 20 MB) cannot fit in 2 MiB
-    proc = run_in_process("dcgan_cifar", *tiny("dcgan_cifar", out, "--ngf", "64", "--ema", "0", "--max-steps", "1"))
+    # a 32 px DCGAN with --ngf 64: last.pt (about 20 MB) cannot fit in 2 MiB
+    out = tiny_disk / "run"
+    proc = run_in_process("dcgan_cifar", *tiny("dcgan_cifar", out, "--ngf", "64", "--ema", "0",
+                                               "--max-steps", "1"))
     assert_one_error_line(proc, "cannot write")
     assert "free space, then --resume auto" in proc.stderr
-    leftovers = [os.path.join(d, f) for d, _, files in os.walk(tiny_disk) for f in files if f.endswith(".tmp")]
+    leftovers = [os.path.join(d, f) for d, _, files in os.walk(tiny_disk) for f in files
+                 if f.endswith(".tmp")]
     assert not leftovers and not os.path.exists(out / "last.pt")
 
 
@@ -158,9 +175,12 @@ def test_output_path_that_is_not_a_regular_file_is_refused(script, shared_runs, 
     os.symlink(target, tmp_path / "link.png")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    for grid_out, needle in (("/dev/null", "not a regular file"), (tmp_path / "link.png", "not a regular file"),
-                             (tmp_path, "not a regular file"), (blocker / "grid.png", "is a file, not a folder")):
-        proc = run_in_process(script, *GENERATE[script], "--checkpoint", checkpoint, "--grid-out", grid_out)
+    for grid_out, needle in (("/dev/null", "not a regular file"),
+                             (tmp_path / "link.png", "not a regular file"),
+                             (tmp_path, "not a regular file"),
+                             (blocker / "grid.png", "is a file, not a folder")):
+        proc = run_in_process(script, *GENERATE[script], "--checkpoint", checkpoint,
+                              "--grid-out", grid_out)
         assert_one_error_line(proc, needle)
         assert "last.pt is intact" not in proc.stderr  # not the disk-full advice
     assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
@@ -171,7 +191,8 @@ def test_output_path_that_is_not_a_regular_file_is_refused(script, shared_runs, 
 # One `error:` line where a traceback was
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("script", SCRIPTS)
-@pytest.mark.parametrize("flag", [["--beta1", "1.5"], ["--beta2", "1"], ["--seed", "1" * 24], ["--device", "meta"]])
+@pytest.mark.parametrize("flag", [["--beta1", "1.5"], ["--beta2", "1"], ["--seed", "1" * 24],
+                                  ["--device", "meta"]])
 def test_bad_flag_values_are_one_short_error(script, flag, tmp_path):
     proc = run_in_process(script, *tiny(script, tmp_path / "run", "--max-steps", 1, *flag))
     assert_one_error_line(proc, flag[0].lstrip("-") if flag[0] != "--device" else "meta")
@@ -180,7 +201,8 @@ def test_bad_flag_values_are_one_short_error(script, flag, tmp_path):
 
 
 def test_out_of_memory_is_one_line_naming_the_settings(shared_runs, tmp_path):
-    proc = run_in_process("dcgan_cifar", *tiny("dcgan_cifar", tmp_path / "run", "--max-steps", 1, "--ngf", 10**8))
+    proc = run_in_process("dcgan_cifar",
+                          *tiny("dcgan_cifar", tmp_path / "run", "--max-steps", 1, "--ngf", 10**8))
     assert_one_error_line(proc, "out of memory", statuses=(1,))
     assert "--ngf" in proc.stderr and not (tmp_path / "run").exists()
     checkpoint = os.path.join(shared_runs.finished("dcgan_cifar"), "last.pt")
@@ -199,7 +221,8 @@ def test_decompression_bomb_is_refused(tmp_path):
 
 
 def test_torn_log_does_not_block_resume(shared_runs, tmp_path, fast_images):
-    folder = shared_runs.copy(shared_runs.finished("dcgan_cifar"), tmp_path)  # log.csv rows at steps 3 and 4
+    # log.csv rows at steps 3 and 4
+    folder = shared_runs.copy(shared_runs.finished("dcgan_cifar"), tmp_path)
     with open(os.path.join(folder, "log.csv"), "ab") as f:
         f.write(b"6,2,0.5,0.4,6,2,0.5\0\0\0\0")  # a merged row and the NUL tail of a power cut
     train("dcgan_cifar", tmp_path, "--epochs", 2, "--resume", "auto")
@@ -218,8 +241,9 @@ CRAFTED = {  # what is wrong -> (change to a real last.pt, what the error line s
     "no rng": (lambda c: c.pop("rng"), "no 'rng'"),
     "tensor for a dict": (lambda c: c.update(generator=torch.zeros(3)), "'generator' is a tensor"),
     "negative step": (lambda c: c.update(step=-4), "negative step"),
-    "optimizer of another shape": (lambda c: c["optimizers"].update(generator={"state": {}, "param_groups": []}),
-                                   "does not fit"),
+    "optimizer of another shape": (
+        lambda c: c["optimizers"].update(generator={"state": {}, "param_groups": []}),
+        "does not fit"),
 }
 
 
@@ -227,7 +251,8 @@ CRAFTED = {  # what is wrong -> (change to a real last.pt, what the error line s
 def test_crafted_checkpoint_is_one_error_line(what, shared_runs, tmp_path):
     folder = shared_runs.copy(shared_runs.finished("dcgan_cifar"), tmp_path)
     crafted(os.path.join(folder, "last.pt"), CRAFTED[what][0])
-    proc = run_in_process("dcgan_cifar", *tiny("dcgan_cifar", tmp_path, "--epochs", 2, "--resume", "auto"))
+    proc = run_in_process("dcgan_cifar",
+                          *tiny("dcgan_cifar", tmp_path, "--epochs", 2, "--resume", "auto"))
     assert_one_error_line(proc, CRAFTED[what][1])
 
 
@@ -245,22 +270,26 @@ def test_signal_during_start_up_leaves_nothing(script, signum, tmp_path, monkeyp
         return data
     monkeypatch.setattr(mod, "load_data", load_data_then_signal)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    # Python's Ctrl-C handler, as in a terminal: a shell starts background jobs (pytest ... &) with SIGINT
-    # ignored, and then Python keeps ignoring it, so the run would rightly go on
+    # Python's Ctrl-C handler, as in a terminal: a shell starts background jobs (pytest ... &) with
+    # SIGINT ignored, and then Python keeps ignoring it, so the run would rightly go on
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         proc = run_in_process(script, *tiny(script, tmp_path / "run", "--max-steps", 1))
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
-    assert proc.returncode == 130 and "Traceback" not in proc.stderr and "error: interrupted" in proc.stderr, \
-        proc.stderr
+    assert (proc.returncode == 130 and "Traceback" not in proc.stderr
+            and "error: interrupted" in proc.stderr), proc.stderr
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("content, needle", [
-    (json.dumps({"script": "dcgan_cifar"}), "json or text file"), (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "png image"),
-    ("step,epoch,loss_d\n1,1,0.5\n", "text file"), ("# README\n", "text file"), (b"x", "text file"), (b"", "empty"),
+    (json.dumps({"script": "dcgan_cifar"}), "json or text file"),
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "png image"),
+    ("step,epoch,loss_d\n1,1,0.5\n", "text file"),
+    ("# README\n", "text file"),
+    (b"x", "text file"),
+    (b"", "empty"),
 ])
 def test_a_file_that_is_not_a_checkpoint_says_what_it_is(content, needle, tmp_path):
     path = tmp_path / "file.pt"

@@ -1,4 +1,5 @@
-"""synthetic.letters / write_letters: determinism, format, class separability, the AIML431 on-disk layout."""
+"""synthetic.letters / write_letters: determinism, format, class separability, the AIML431 on-disk
+layout."""
 
 import glob
 import os
@@ -12,7 +13,8 @@ import synthetic
 
 
 def nearest_centroid_accuracy(chars, image_size=28):
-    """Centroids from seed 0, tested on seed 1: can the characters be told apart from their pixels?"""
+    """Centroids from seed 0, tested on seed 1: can the characters be told apart from their
+    pixels?"""
     train_images, train_labels = synthetic.letters(chars, 60, image_size, seed=0)
     test_images, test_labels = synthetic.letters(chars, 30, image_size, seed=1)
     train, test = train_images.float().flatten(1), test_images.float().flatten(1)
@@ -43,12 +45,13 @@ def test_shapes_dtype_range(image_size):
 
 def test_characters_are_distinguishable():
     # Pixel-space nearest centroid is a weak classifier: real EMNIST A vs B scores ~92% with it
-    # (2,400 course images each), ours ~87% (slant and hand-drawn forms vary more than the fonts did),
-    # so ten classes get a lower bar than two.
+    # (2,400 course images each), ours ~87% (slant and hand-drawn forms vary more than the fonts
+    # did), so ten classes get a lower bar than two.
     ten, centroids = nearest_centroid_accuracy("ABDEHKLMNT")
     assert ten >= 0.7, ten  # chance is 0.1
     pairwise = torch.cdist(centroids, centroids) + torch.eye(len(centroids)) * 1e9
-    assert pairwise.min() > 0.1 * centroids.norm(dim=1).mean()  # every mean image differs from every other
+    # every mean image differs from every other
+    assert pairwise.min() > 0.1 * centroids.norm(dim=1).mean()
     two, _ = nearest_centroid_accuracy("AB")
     assert two >= 0.8, two
 
@@ -63,7 +66,8 @@ def test_write_letters_layout(tmp_path):
     out = tmp_path / "emnist_jpeg"
     synthetic.write_letters(str(out), n=4, image_size=28, seed=3, chars="AB3")
     images, labels = synthetic.letters("AB3", 4, 28, seed=3)
-    assert sorted(os.listdir(out / "Train")) == ["10", "11", "3"]  # EMNIST-Balanced labels of A, B, 3
+    # EMNIST-Balanced labels of A, B, 3
+    assert sorted(os.listdir(out / "Train")) == ["10", "11", "3"]
     from PIL import Image
     for folder, char_index in (("10", 0), ("11", 1), ("3", 2)):
         files = sorted(glob.glob(str(out / "Train" / folder / "char_*.jpeg")))
@@ -74,17 +78,20 @@ def test_write_letters_layout(tmp_path):
                 stored = np.array(image)
             k = int(os.path.basename(path)[len("char_"):-len(".jpeg")])
             assert labels[k] == char_index
-            assert np.array_equal(stored, images[k, 0].numpy().T)  # stored transposed, as the course's files
+            # stored transposed, as the course's files
+            assert np.array_equal(stored, images[k, 0].numpy().T)
 
 
 def test_write_letters_rejects_merged_class_before_writing(tmp_path):
     with pytest.raises(ValueError, match="'c'"):
-        synthetic.write_letters(str(tmp_path / "out"), n=2, chars="Ac")  # EMNIST-Balanced merges c into C
+        # EMNIST-Balanced merges c into C
+        synthetic.write_letters(str(tmp_path / "out"), n=2, chars="Ac")
     assert not (tmp_path / "out").exists()
 
 
 def test_command_line_writes_all_47_classes(tmp_path, capsys):
-    synthetic.main(["letters", "--out", str(tmp_path), "--n", "2"])  # in-process: the subprocess start costs seconds
+    # in-process: the subprocess start costs seconds
+    synthetic.main(["letters", "--out", str(tmp_path), "--n", "2"])
     assert "wrote letters" in capsys.readouterr().out
     folders = sorted(os.listdir(tmp_path / "Train"), key=int)
     assert folders == [str(label) for label in range(47)]
@@ -96,15 +103,19 @@ def test_similar_to_real_emnist_a_b(shared_data):
     images, labels = synthetic.letters("AB", 300, 28, seed=0)
     real = []
     for char_index, folder in ((0, "10"), (1, "11")):
-        files = sorted(glob.glob(os.path.join(shared_data, "emnist_ab", "emnist_jpeg", "Train", folder, "*.jpeg")))[:300]
+        files = sorted(glob.glob(os.path.join(shared_data, "emnist_ab", "emnist_jpeg", "Train",
+                                              folder, "*.jpeg")))[:300]
         if not files:
             pytest.skip("no EMNIST A/B files in the shared data")
-        real.append(np.stack([np.array(Image.open(f)).T for f in files]).astype(np.float32))  # .T: upright
+        # .T: upright
+        real.append(np.stack([np.array(Image.open(f)).T for f in files]).astype(np.float32))
         ours = images[labels == char_index, 0].numpy().astype(np.float32)
-        for stat in (lambda x: x.mean(), lambda x: (x > 127).mean()):  # mean intensity, ink fraction
+        # mean intensity, ink fraction
+        for stat in (lambda x: x.mean(), lambda x: (x > 127).mean()):
             ratio = stat(ours) / stat(real[-1])
             assert 0.5 < ratio < 2, ratio
-    # Our mean A and B classify the real A and B (85% here; transposed or upside down they would not: 54%, 71%).
+    # Our mean A and B classify the real A and B
+    # (85% here; transposed or upside down they would not: 54%, 71%).
     centroids = torch.stack([images[labels == k].float().mean(0).flatten() for k in range(2)])
     real_images = torch.from_numpy(np.concatenate(real)).flatten(1)
     real_labels = torch.tensor([0] * len(real[0]) + [1] * len(real[1]))
@@ -123,8 +134,9 @@ def ink_box(images, threshold=77):
 
 @pytest.mark.parametrize("image_size", [28, 32])
 def test_emnist_framing(image_size):
-    # EMNIST centres each letter's bounding box and scales its longer side to the box less a 2-px border
-    # (24 of 28 px); real A/B measure 27.0 +- 1.3 px at 32 px. Unframed, the old letters spread 26.7 +- 2.5.
+    # EMNIST centres each letter's bounding box and scales its longer side to the box less a
+    # 2-px border (24 of 28 px); real A/B measure 27.0 +- 1.3 px at 32 px. Unframed, the old
+    # letters spread 26.7 +- 2.5.
     images, _ = synthetic.letters("AgW1", 50, image_size, seed=2)
     height, width, row, col = ink_box(images)
     longer = torch.maximum(height, width).float()
@@ -132,28 +144,34 @@ def test_emnist_framing(image_size):
     assert (longer - target).abs().max() <= 2.5, (longer.min(), longer.max(), target)
     middle = (image_size - 1) / 2
     assert (row - middle).abs().max() <= 1.5 and (col - middle).abs().max() <= 1.5
-    assert (height < longer).any() and (width < longer).any()  # aspect ratio kept: not stretched to a square
+    # aspect ratio kept: not stretched to a square
+    assert (height < longer).any() and (width < longer).any()
 
 
 def test_ink_looks_like_emnist():
-    # Real EMNIST A/B at 32 px: 21% of pixels inked (> 127), 73% of inked pixels on a soft edge (blurred pen).
+    # Real EMNIST A/B at 32 px: 21% of pixels inked (> 127),
+    # 73% of inked pixels on a soft edge (blurred pen).
     images, _ = synthetic.letters("AB", 200, 32, seed=4)
     x = images.float() / 255
     assert 0.14 < (x > 0.5).float().mean() < 0.30
     soft = ((x > 0.1) & (x < 0.9)).float().sum() / (x > 0.1).float().sum()
     assert 0.55 < soft < 0.85, soft  # neither a hard font outline nor a smudge
-    assert (x.amax((1, 2, 3)) > 0.95).all()  # every letter's brightest pixel is white: EMNIST stretches to 0-255
+    # every letter's brightest pixel is white: EMNIST stretches to 0-255
+    assert (x.amax((1, 2, 3)) > 0.95).all()
 
 
 def test_hand_drawn_forms_for_every_class():
-    # Hand-drawn forms for a few characters only teach "hand-drawn = those characters" (real B's read as R or 8).
+    # Hand-drawn forms for a few characters only teach
+    # "hand-drawn = those characters" (real B's read as R or 8).
     assert set(image_io.EMNIST_BALANCED) <= set(synthetic.HAND_FORMS)
     for char, forms in synthetic.HAND_FORMS.items():
         for form in forms:
             points = np.concatenate([np.asarray(stroke, dtype=float) for stroke in form])
-            assert points.shape[1] == 2 and (points > -0.1).all() and (points < 1.1).all(), char  # the unit box
+            # the unit box
+            assert points.shape[1] == 2 and (points > -0.1).all() and (points < 1.1).all(), char
     lines = synthetic._hand_lines("R")
-    assert lines.shape == (len(synthetic.HAND_FORMS["R"]) * synthetic.HAND_VARIANTS, synthetic.GLYPH_CANVAS,
+    assert lines.shape == (len(synthetic.HAND_FORMS["R"]) * synthetic.HAND_VARIANTS,
+                           synthetic.GLYPH_CANVAS,
                            synthetic.GLYPH_CANVAS) and lines.any((1, 2)).all()
 
 
@@ -161,7 +179,8 @@ def test_round_corners_keeps_the_ends_and_cuts_the_corner():
     corner = np.array([(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)])
     rounded = synthetic._round_corners(corner)
     assert (rounded[0] == corner[0]).all() and (rounded[-1] == corner[-1]).all()
-    assert np.linalg.norm(rounded - corner[1], axis=1).min() > 0.1  # no point left on the sharp corner
+    # no point left on the sharp corner
+    assert np.linalg.norm(rounded - corner[1], axis=1).min() > 0.1
     straight = np.array([(0.0, 0.0), (1.0, 1.0)])
     assert (synthetic._round_corners(straight) == straight).all()  # a single segment has no corner
 
@@ -171,8 +190,10 @@ def test_jitter_is_smooth_along_an_arc_and_free_at_a_polyline_corner():
     arc = np.concatenate([synthetic._smooth_jitter(rng, 32) for _ in range(200)])
     corners = np.concatenate([synthetic._smooth_jitter(rng, 3) for _ in range(2000)])
     step = lambda jitter, n: np.abs(np.diff(jitter.reshape(-1, n, 2), axis=1)).mean()
-    assert step(arc, 32) < 0.3 * step(corners, 3)  # neighbouring points of an arc move together: no zigzag
-    assert 0.5 < arc.std() / corners.std() < 2  # yet an arc's shape varies about as much as a polyline's
+    # neighbouring points of an arc move together: no zigzag
+    assert step(arc, 32) < 0.3 * step(corners, 3)
+    # yet an arc's shape varies about as much as a polyline's
+    assert 0.5 < arc.std() / corners.std() < 2
 
 
 # The glyph cache (distance maps on disk under $XDG_CACHE_HOME/gan-scripts/glyphs/<key>/) must never
@@ -235,7 +256,8 @@ def test_glyph_cache_skipped_where_the_folder_cannot_be_written(tmp_path, monkey
     try:
         images, _ = draw_with(monkeypatch, cache_home)  # no error: the glyphs are just drawn
         assert torch.equal(images, expected)
-        assert os.listdir(tmp_path) == ["cache"] and (how != "read-only" or not os.listdir(cache_home))
+        assert (os.listdir(tmp_path) == ["cache"]
+                and (how != "read-only" or not os.listdir(cache_home)))
     finally:
         (tmp_path / "cache").chmod(0o700)
 
